@@ -1,0 +1,3 @@
+"""grpo_trainer: GRPO/DAPO post-training for reasoning LLMs."""
+
+__version__ = "0.1.0"

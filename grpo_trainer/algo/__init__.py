@@ -1,0 +1,48 @@
+"""Pure-math core of GRPO/DAPO: tensors in, tensors out.
+
+- logprobs:   selective_log_softmax, entropy_from_logits
+- advantages: group_advantages (dispatch), grpo_advantages, dr_grpo_advantages,
+              rloo_advantages, reinforce_advantages, softmax_advantages
+- loss:       clipped_policy_loss, aggregate_loss, tis_weights
+- kl:         kl_estimate, adaptive_kl_beta
+- filters:    informative_groups, overlong_loss_mask, soft_overlong_penalty, group_upweight
+"""
+
+from .advantages import (
+    ESTIMATORS,
+    SCALES,
+    dr_grpo_advantages,
+    group_advantages,
+    grpo_advantages,
+    reinforce_advantages,
+    rloo_advantages,
+    softmax_advantages,
+)
+from .filters import group_upweight, informative_groups, overlong_loss_mask, soft_overlong_penalty
+from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate
+from .logprobs import entropy_from_logits, selective_log_softmax
+from .loss import AGGREGATIONS, aggregate_loss, clipped_policy_loss, tis_weights
+
+__all__ = [
+    "AGGREGATIONS",
+    "ESTIMATORS",
+    "KL_ESTIMATORS",
+    "SCALES",
+    "adaptive_kl_beta",
+    "aggregate_loss",
+    "clipped_policy_loss",
+    "dr_grpo_advantages",
+    "entropy_from_logits",
+    "group_advantages",
+    "group_upweight",
+    "grpo_advantages",
+    "informative_groups",
+    "kl_estimate",
+    "overlong_loss_mask",
+    "reinforce_advantages",
+    "rloo_advantages",
+    "selective_log_softmax",
+    "softmax_advantages",
+    "soft_overlong_penalty",
+    "tis_weights",
+]

@@ -1,0 +1,172 @@
+"""Per-token log-probabilities and entropies from logits, in bounded memory.
+
+The policy-gradient ratio of DeepSeekMath GRPO (arXiv 2402.03300, eq. 3) needs only
+log pi(o_t | q, o_<t) for the sampled token, so materialising a full (N, T, V) fp32
+log_softmax (V ~ 150k) would cost far more memory than the answer. Both functions here walk
+the (N, T) grid in chunks of at most ``chunk_size`` token positions; every chunk is a *view*
+of the logits (no copy of the whole tensor), upcast to fp32 only for that chunk.
+
+Autograd goes through hand-written backward passes instead of recording the chunk graphs,
+because recording would keep every chunk's fp32 upcast alive until backward, i.e. the full
+(N, T, V) fp32 tensor after all. Backward recomputes each chunk's softmax from the saved
+logits and the saved (N, T) logsumexp. Double backward is not supported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+# Token positions per chunk: at V = 152k this is ~0.6 GB of fp32 scratch per chunk.
+DEFAULT_CHUNK_TOKENS = 1024
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # fp64 stays fp64 (gradient checks); bf16/fp16 lose too much in logsumexp, so use fp32.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunks(n: int, t: int, chunk_tokens: int) -> Iterator[tuple[slice, slice]]:
+    """Cover an (n, t) grid with (row, column) slices of at most ``chunk_tokens`` cells.
+
+    Slicing rows, or columns within one row, keeps each chunk a view even when the logits are
+    themselves a non-contiguous view such as ``logits[:, :-1]``.
+    """
+    if t <= chunk_tokens:
+        rows = max(1, chunk_tokens // t)
+        for i in range(0, n, rows):
+            yield slice(i, i + rows), slice(None)
+    else:
+        for i in range(n):
+            for j in range(0, t, chunk_tokens):
+                yield slice(i, i + 1), slice(j, j + chunk_tokens)
+
+
+def _check_logits(logits: torch.Tensor, chunk_size: int) -> None:
+    if logits.dim() != 3:
+        raise ValueError(
+            f"logits must be (N, T, V), got shape {tuple(logits.shape)}; add a batch dimension"
+        )
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a float tensor, got {logits.dtype}; cast them to float")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, index, chunk_tokens):  # (N, T, V), (N, T), int
+        n, t, _ = logits.shape
+        cdt = _compute_dtype(logits.dtype)
+        out = torch.empty((n, t), dtype=cdt, device=logits.device)
+        lse = torch.empty((n, t), dtype=cdt, device=logits.device)
+        for rs, cs in _chunks(n, t, chunk_tokens):
+            x = logits[rs, cs].to(cdt)
+            chunk_lse = torch.logsumexp(x, dim=-1)
+            lse[rs, cs] = chunk_lse
+            out[rs, cs] = x.gather(-1, index[rs, cs].unsqueeze(-1)).squeeze(-1) - chunk_lse
+        ctx.save_for_backward(logits, index, lse)
+        ctx.chunk_tokens = chunk_tokens
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out: (N, T)
+        logits, index, lse = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        n, t, _ = logits.shape
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        for rs, cs in _chunks(n, t, ctx.chunk_tokens):
+            x = logits[rs, cs].to(lse.dtype)
+            g = grad_out[rs, cs].unsqueeze(-1).to(lse.dtype)
+            # d log p_i / d x_k = 1[k = i] - p_k
+            d = torch.exp(x - lse[rs, cs].unsqueeze(-1)).mul_(-g)
+            d.scatter_add_(-1, index[rs, cs].unsqueeze(-1), g)
+            grad[rs, cs] = d
+        return grad, None, None
+
+
+class _Entropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, chunk_tokens):  # (N, T, V), int
+        n, t, _ = logits.shape
+        cdt = _compute_dtype(logits.dtype)
+        ent = torch.empty((n, t), dtype=cdt, device=logits.device)
+        lse = torch.empty((n, t), dtype=cdt, device=logits.device)
+        for rs, cs in _chunks(n, t, chunk_tokens):
+            x = logits[rs, cs].to(cdt)
+            chunk_lse = torch.logsumexp(x, dim=-1)
+            logp = x - chunk_lse.unsqueeze(-1)
+            p = logp.exp()
+            # Tokens banned with -inf logits have p = 0 and logp = -inf: 0 * -inf must be 0.
+            plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=cdt, device=x.device))
+            ent[rs, cs] = -plogp.sum(-1)
+            lse[rs, cs] = chunk_lse
+        ctx.save_for_backward(logits, lse, ent)
+        ctx.chunk_tokens = chunk_tokens
+        return ent
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out: (N, T)
+        logits, lse, ent = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        n, t, _ = logits.shape
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        zero = torch.zeros((), dtype=lse.dtype, device=logits.device)
+        for rs, cs in _chunks(n, t, ctx.chunk_tokens):
+            x = logits[rs, cs].to(lse.dtype)
+            logp = x - lse[rs, cs].unsqueeze(-1)
+            p = logp.exp()
+            # dH / d x_k = -p_k (log p_k + H)
+            d = torch.where(p > 0, -p * (logp + ent[rs, cs].unsqueeze(-1)), zero)
+            grad[rs, cs] = d * grad_out[rs, cs].unsqueeze(-1).to(lse.dtype)
+        return grad, None
+
+
+def selective_log_softmax(
+    logits: torch.Tensor,  # (N, T, V) float32 / float64 / bfloat16 / float16
+    index: torch.Tensor,  # (N, T) int64 token ids in [0, V)
+    chunk_size: int = DEFAULT_CHUNK_TOKENS,
+) -> torch.Tensor:  # (N, T)
+    """log softmax(logits)[n, t, index[n, t]]: the per-token log pi(o_t | q, o_<t).
+
+    These are the log-probabilities whose differences form the importance ratio of
+    DeepSeekMath GRPO (arXiv 2402.03300, eq. 3) and the clipped objective of PPO
+    (arXiv 1707.06347, eq. 7). Computed as ``x[index] - logsumexp(x)`` over chunks of at most
+    ``chunk_size`` token positions, so peak scratch memory is ``chunk_size * V`` in fp32.
+
+    Returns fp64 for fp64 logits and fp32 otherwise (bf16/fp16 are upcast per chunk).
+    Differentiable with respect to ``logits`` (first-order only).
+    """
+    _check_logits(logits, chunk_size)
+    if index.shape != logits.shape[:2]:
+        raise ValueError(
+            f"index shape {tuple(index.shape)} must equal logits.shape[:2] = "
+            f"{tuple(logits.shape[:2])}; pass one token id per logit row"
+        )
+    if index.dtype != torch.int64:
+        raise ValueError(f"index must be int64 (long), got {index.dtype}; call index.long()")
+    if logits.shape[0] * logits.shape[1] == 0:
+        return logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
+    return _SelectiveLogSoftmax.apply(logits, index, chunk_size)
+
+
+def entropy_from_logits(
+    logits: torch.Tensor,  # (N, T, V) float32 / float64 / bfloat16 / float16
+    chunk_size: int = DEFAULT_CHUNK_TOKENS,
+) -> torch.Tensor:  # (N, T)
+    """Per-position entropy H = -sum_v p_v log p_v of softmax(logits), in nats.
+
+    The token-level policy entropy whose collapse DAPO (arXiv 2503.14476, section 3.1)
+    monitors and Clip-Higher is designed to counter. Chunked exactly like
+    :func:`selective_log_softmax`; tokens with -inf logits (p = 0) contribute 0.
+
+    Returns fp64 for fp64 logits and fp32 otherwise. Differentiable with respect to
+    ``logits`` (first-order only).
+    """
+    _check_logits(logits, chunk_size)
+    if logits.shape[0] * logits.shape[1] == 0:
+        return logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
+    return _Entropy.apply(logits, chunk_size)

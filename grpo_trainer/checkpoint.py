@@ -1,0 +1,114 @@
+"""Checkpoints that survive a crash at any moment, and finding the one to resume from.
+
+Layout of `<output_dir>/checkpoint-000012/`:
+    model/              HF format (config, safetensors, tokenizer): loadable by transformers and vLLM
+    state/              accelerate state: model, optimizer, scheduler, every process's RNG
+    trainer_state.json  step, data sampler position, anything else the loop needs to continue
+    COMPLETE            written last; a directory without it is never loaded
+
+A save writes into `.tmp-checkpoint-000012/`, fsyncs, then renames: the rename is atomic, so a
+kill mid-save leaves either the old set of checkpoints or the new one, never a torn directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / f"checkpoint-{step:06d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    root = Path(output_dir)
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            m = _NAME.match(child.name)
+            if not m or not child.is_dir():
+                continue
+            if not (child / MARKER).is_file():
+                log.warning("skipping %s: it has no %s marker (a save was interrupted)", child, MARKER)
+                continue
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """`resume` is None (fresh), "auto" (newest complete checkpoint, or fresh if none), or a path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / MARKER).is_file():
+        raise FileNotFoundError(f"resume={resume!r} is not a complete checkpoint (no {MARKER} file): "
+                                f"pass a checkpoint-NNNNNN directory or resume=auto")
+    return path
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step: int,
+                    trainer_state: dict, keep_last: int) -> Path:
+    """Collective: every process must call it. Returns the final checkpoint directory."""
+    final = checkpoint_dir(output_dir, step)
+    tmp = final.with_name(".tmp-" + final.name)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))
+    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards (collective)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        _fsync_tree(tmp)
+        (tmp / MARKER).write_text(f"{step}\n")
+        _fsync_tree(tmp)
+        if final.exists():  # a re-save of the same step (e.g. after a resume)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _prune(output_dir, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(output_dir: str | Path, keep_last: int) -> None:
+    complete = list_checkpoints(output_dir)
+    for _, path in complete[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    """Restore model/optimizer/scheduler/RNG in place; return the trainer state."""
+    accelerator.load_state(str(path / "state"))
+    return json.loads((path / "trainer_state.json").read_text())

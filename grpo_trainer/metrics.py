@@ -1,0 +1,108 @@
+"""Per-step metrics to the console, `metrics.jsonl` and a progress bar; sample completions to
+`samples.jsonl`. Only the main process writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+# The columns of the one-line console summary per step, in order.
+CONSOLE = [("reward/mean", "reward"), ("reward/accuracy", "acc"), ("reward/format", "fmt"),
+           ("completion/len_mean", "len"), ("train/kl", "kl"), ("train/entropy", "ent"),
+           ("time/step", "s")]
+
+
+class PhaseTimer:
+    """`with timer("rollout"): ...` accumulates seconds per phase."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; null says "not measured"
+    return value
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | Path, enabled: bool, start_step: int, max_steps: int):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.history: list[dict] = []
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.samples_path = self.run_dir / "samples.jsonl"
+        # A resumed run rewrites the steps after its checkpoint; keep the rows before it.
+        self.history = [row for row in _read_jsonl(self.metrics_path) if row.get("step", 0) <= start_step]
+        _write_jsonl(self.metrics_path, self.history)
+        self.bar = tqdm(total=max_steps, initial=start_step, desc="GRPO", unit="step", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        parts = [f"{short}={row[key]:.3g}" for key, short in CONSOLE if isinstance(row.get(key), (int, float))]
+        self.bar.write(f"step {step:4d} | " + " ".join(parts))
+        self.bar.update(1)
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        if not self.enabled or not samples:
+            return
+        with open(self.samples_path, "a") as fh:
+            for s in samples:
+                fh.write(json.dumps({"step": step, **s}) + "\n")
+
+    def summary(self) -> str:
+        """First vs last quarter of the run: the trend a person looks for."""
+        rows = self.history
+        if not rows:
+            return "no steps logged"
+        k = max(1, len(rows) // 4)
+        lines = [f"steps {rows[0]['step']}..{rows[-1]['step']}  (mean of first {k} vs last {k} steps)"]
+        for key in ("reward/mean", "reward/accuracy", "reward/format", "completion/len_mean", "time/step"):
+            first = [r[key] for r in rows[:k] if isinstance(r.get(key), (int, float))]
+            last = [r[key] for r in rows[-k:] if isinstance(r.get(key), (int, float))]
+            if first and last:
+                lines.append(f"  {key:22s} {sum(first) / len(first):8.3f} -> {sum(last) / len(last):8.3f}")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill; everything before it is intact
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)

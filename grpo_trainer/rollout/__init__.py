@@ -1,0 +1,29 @@
+"""Rollout engines: one interface (`RolloutEngine`), backends `vllm` and `hf`.
+
+vLLM is imported only inside this package (`vllm_engine.py`), so the rest of the project imports
+without it."""
+
+from __future__ import annotations
+
+from .base import RolloutBatch, RolloutEngine, SamplingConfig
+
+__all__ = ["RolloutBatch", "RolloutEngine", "SamplingConfig", "make_engine"]
+
+
+def make_engine(backend: str, *, model_path: str, policy=None, dtype: str = "float32", seed: int = 0,
+                max_model_len: int = 1024, kv_cache_gib: float = 2.0, gpu_memory_utilization: float = 0.3,
+                enforce_eager: bool = True, eos_token_id: int | None = None,
+                pad_token_id: int | None = None) -> RolloutEngine:
+    if backend == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                          kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization,
+                          enforce_eager=enforce_eager)
+    if backend == "hf":
+        from .hf_engine import HFEngine
+
+        if policy is None:
+            raise ValueError("rollout.backend=hf needs the policy model (it samples from it directly)")
+        return HFEngine(policy, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    raise ValueError(f"rollout.backend={backend!r} is unknown: use 'vllm' or 'hf'")

@@ -1,0 +1,53 @@
+"""The rollout interface every backend implements: sample G completions per prompt, with the
+token ids and the sampling log-probs, and take new policy weights after an optimizer step."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    num_generations: int  # G
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+
+
+@dataclass
+class RolloutBatch:
+    """Completions are group-major: rows [i*G:(i+1)*G] are the G samples of prompt i."""
+
+    prompt_ids: list[list[int]]  # (B,) token ids of each prompt
+    completion_ids: list[list[int]]  # (B*G,) sampled token ids, EOS included when produced
+    logprobs: list[list[float]]  # (B*G,) sampling log-prob of each completion token
+    truncated: list[bool]  # (B*G,) True when the length limit, not EOS, ended the sample
+
+    @property
+    def group_size(self) -> int:
+        return len(self.completion_ids) // max(len(self.prompt_ids), 1)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+
+class RolloutEngine(abc.ABC):
+    @abc.abstractmethod
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+        """Sample `sampling.num_generations` completions for each prompt.
+
+        `seed` makes the draw reproducible: the same weights, prompts and seed give the same
+        completions (which is what exact resume relies on)."""
+
+    @abc.abstractmethod
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights by the policy's (HF parameter names, full tensors)."""
+
+    def close(self) -> None:
+        """Free the engine's memory."""

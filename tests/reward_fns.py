@@ -1,0 +1,31 @@
+"""TRL-style reward functions for the reward tests, written the way a TRL user writes them:
+keyword arguments, extra dataset columns through **kwargs, one float (or None) per completion."""
+
+
+def length_penalty(completions, **kwargs):
+    # -0.01 per character over 20.
+    return [-0.01 * max(0, len(c) - 20) for c in completions]
+
+
+def only_even_rows(prompts, completions, completion_ids, difficulty, **kwargs):
+    # An opinion only where the dataset column says "hard"; None elsewhere.
+    return [float(len(ids)) if d == "hard" else None for ids, d in zip(completion_ids, difficulty)]
+
+
+def echoes_answer_column(completions, answer, **kwargs):
+    return [1.0 if a.split("####")[-1].strip() in c else 0.0 for c, a in zip(completions, answer)]
+
+
+def scaled(completions, scale=1.0, **kwargs):
+    return [scale] * len(completions)
+
+
+def wrong_length(completions, **kwargs):
+    return [1.0] * (len(completions) + 1)
+
+
+def not_a_number(completions, **kwargs):
+    return ["high"] * len(completions)
+
+
+NOT_CALLABLE = 3

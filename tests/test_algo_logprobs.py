@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from grpo_trainer.algo import entropy_from_logits, selective_log_softmax
+
+
+def make(n=3, t=7, v=11, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, t, v, generator=gen, dtype=dtype) * 3
+    index = torch.randint(0, v, (n, t), generator=gen)
+    return logits, index
+
+
+def reference_logp(logits, index):
+    return torch.log_softmax(logits.double(), -1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+def reference_entropy(logits):
+    logp = torch.log_softmax(logits.double(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# chunk 1 and 5 < T = 7 split rows; 7 is one row per chunk; 14 and 100 take several rows
+@pytest.mark.parametrize("chunk", [1, 2, 5, 7, 14, 100])
+def test_selective_log_softmax_matches_direct(chunk):
+    logits, index = make()
+    got = selective_log_softmax(logits, index, chunk_size=chunk)
+    assert got.dtype == torch.float32 and got.shape == (3, 7)
+    assert torch.allclose(got.double(), reference_logp(logits, index), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 100])
+def test_entropy_matches_direct(chunk):
+    logits, _ = make()
+    got = entropy_from_logits(logits, chunk_size=chunk)
+    assert torch.allclose(got.double(), reference_entropy(logits), atol=1e-5, rtol=0)
+
+
+def test_uniform_entropy_and_banned_tokens():
+    # uniform over 4 tokens: H = ln 4 = 1.386294; log p = -1.386294
+    logits = torch.zeros(1, 1, 4)
+    assert entropy_from_logits(logits).item() == pytest.approx(1.386294, abs=1e-6)
+    # two tokens banned with -inf: uniform over 2 -> H = ln 2 = 0.693147, no NaN
+    banned = torch.tensor([[[0.0, 0.0, -float("inf"), -float("inf")]]], requires_grad=True)
+    h = entropy_from_logits(banned)
+    assert h.item() == pytest.approx(0.693147, abs=1e-6)
+    h.sum().backward()
+    assert torch.isfinite(banned.grad).all()
+    logp = selective_log_softmax(banned.detach(), torch.tensor([[1]]))
+    assert logp.item() == pytest.approx(-0.693147, abs=1e-6)
+
+
+def test_non_contiguous_and_bf16_inputs():
+    logits, index = make(t=8)
+    view = logits[:, :-1]  # the usual shift: not viewable as (N*T, V)
+    got = selective_log_softmax(view, index[:, 1:], chunk_size=3)
+    assert torch.allclose(got.double(), reference_logp(view, index[:, 1:]), atol=1e-5, rtol=0)
+    bf = logits.to(torch.bfloat16)
+    got = selective_log_softmax(bf, index, chunk_size=4)
+    assert got.dtype == torch.float32  # computed in fp32, compared with fp32 math on bf16 values
+    assert torch.allclose(got.double(), reference_logp(bf.float(), index), atol=1e-5, rtol=0)
+    ent = entropy_from_logits(bf, chunk_size=4)
+    assert torch.allclose(ent.double(), reference_entropy(bf.float()), atol=1e-5, rtol=0)
+
+
+def test_gradients_match_autograd_of_direct_formula():
+    logits, index = make(dtype=torch.float64)
+    w = torch.randn(3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    (selective_log_softmax(a, index, chunk_size=4) * w).sum().backward()
+    (reference_logp(b, index) * w).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-12)
+    a.grad = None
+    b.grad = None
+    (entropy_from_logits(a, chunk_size=4) * w).sum().backward()
+    (reference_entropy(b) * w).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-12)
+
+
+def test_gradcheck_fp64():
+    logits, index = make(n=2, t=3, v=5, dtype=torch.float64)
+    x = logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: selective_log_softmax(z, index, chunk_size=2), (x,))
+    assert torch.autograd.gradcheck(lambda z: entropy_from_logits(z, chunk_size=2), (x,))
+
+
+def test_bf16_graph_never_saves_a_full_fp32_copy():
+    # Recording autograd per chunk would save every chunk's fp32 upcast: a full (N, T, V) fp32
+    # tensor in total. Only (N, T) tensors and the bf16 logits themselves may be kept.
+    logits, index = make(n=4, t=8, v=32, dtype=torch.bfloat16)
+    logits.requires_grad_(True)
+    saved = []
+
+    def pack(t):
+        saved.append((t.dtype, t.numel()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = selective_log_softmax(logits, index, chunk_size=4) + entropy_from_logits(
+            logits, chunk_size=4
+        )
+    fp32_big = [s for s in saved if s[0] != torch.bfloat16 and s[1] > 4 * 8]
+    assert saved and not fp32_big, saved
+    out.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16 and logits.grad.shape == (4, 8, 32)
+
+
+def test_invalid_arguments():
+    logits, index = make()
+    with pytest.raises(ValueError, match="int64"):
+        selective_log_softmax(logits, index.int())
+    with pytest.raises(ValueError, match="must equal logits.shape"):
+        selective_log_softmax(logits, index[:, :-1])
+    with pytest.raises(ValueError, match=r"\(N, T, V\)"):
+        entropy_from_logits(logits[0])
+    with pytest.raises(ValueError, match="chunk_size"):
+        entropy_from_logits(logits, chunk_size=0)
