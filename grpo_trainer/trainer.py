@@ -37,7 +37,8 @@ class GRPOTrainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
-        self.acc = acc = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
+        self.acc = acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=t.mixed_precision,
+                                       step_scheduler_with_optimizer=False)
         if t.prompts_per_step % acc.num_processes:
             raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the "
                              f"number of processes ({acc.num_processes})")
@@ -81,7 +82,8 @@ class GRPOTrainer:
         self.sampling = SamplingConfig(r.num_generations, r.max_completion_length, r.temperature, r.top_p, r.top_k)
         max_prompt = max(len(p) for p in self.prompt_ids)
         self.engine = make_engine(
-            r.backend, model_path=self.model_path, policy=acc.unwrap_model(self.model), dtype=cfg.model.dtype,
+            r.backend, model_path=self.model_path, policy=acc.unwrap_model(self.model),
+            dtype=r.dtype or cfg.model.dtype,
             seed=r.seed, max_model_len=max_prompt + r.max_completion_length, kv_cache_gib=r.kv_cache_gib,
             gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
@@ -180,10 +182,16 @@ class GRPOTrainer:
         cfg, acc, a = self.cfg, self.acc, self.cfg.algorithm
         G = self.cfg.rollout.num_generations
         prompts = [batch.prompt_ids[i // G] for i in range(len(batch.completion_ids))]
-        plan = plan_micro_batches([len(p) + len(c) for p, c in zip(prompts, batch.completion_ids)],
+        # A row whose advantage is 0 adds exactly nothing to the gradient when no KL or entropy
+        # term is on, so it is left out of the forward/backward (it still counts in the
+        # normalisers below). With most groups all-wrong early in training, this is most rows.
+        needs_all = self.ref is not None or a.entropy_coef != 0
+        active = [i for i in range(len(prompts)) if needs_all or advantages[i] != 0] or [0]
+        plan = plan_micro_batches([len(prompts[i]) + len(batch.completion_ids[i]) for i in active],
                                   cfg.trainer.micro_batch_size)
-        mbs = [pack(rows, [prompts[i] for i in rows], [batch.completion_ids[i] for i in rows],
-                    self.tokenizer.pad_token_id).to(acc.device) for rows in plan]
+        mbs = [pack([active[j] for j in rows], [prompts[active[j]] for j in rows],
+                    [batch.completion_ids[active[j]] for j in rows], self.tokenizer.pad_token_id).to(acc.device)
+               for rows in plan]
         # Global normalisers: the same loss whatever the micro-batch or process split.
         num_tokens = acc.reduce(torch.tensor(float(batch.num_tokens), device=acc.device), "sum").item()
         num_seqs = acc.reduce(torch.tensor(float(len(batch.completion_ids)), device=acc.device), "sum").item()
@@ -231,14 +239,15 @@ class GRPOTrainer:
         self.scheduler.step()
 
         passes = a.num_iterations
-        local_tokens = float(batch.num_tokens) * passes
+        local_tokens = float(sum(mb.completion_mask.sum().item() for mb in mbs)) * passes
         totals = acc.reduce(torch.tensor([sums["entropy"], sums["kl"], sums["clip_low"], sums["clip_high"],
                                           local_tokens], device=acc.device), "sum").tolist()
         denom = max(totals[4], 1.0)
         return {"train/loss": acc.reduce(torch.tensor(sums["loss"] / passes, device=acc.device), "sum").item(),
                 "train/entropy": totals[0] / denom, "train/kl": totals[1] / denom,
                 "train/clip_frac_low": totals[2] / denom, "train/clip_frac_high": totals[3] / denom,
-                "train/grad_norm": float(grad_norm)}
+                "train/grad_norm": float(grad_norm),
+                "train/active_rows": acc.reduce(torch.tensor(float(len(active)), device=acc.device), "sum").item()}
 
     def sync_weights(self) -> None:
         """Push the policy's weights into this process's rollout engine."""

@@ -64,6 +64,7 @@ class VLLMEngine(RolloutEngine):
         def _reload(worker):
             # `model.load_weights` is not wired on the CPU build; `reload_weights` is, on both.
             worker.model_runner.reload_weights(weights_iterator=iter(weights))
+            _refresh_cpu_embedding_gemms(worker.model_runner.get_model())
 
         self.llm.collective_rpc(_reload)
         # Cached prefixes hold keys/values computed with the old weights.
@@ -71,3 +72,16 @@ class VLLMEngine(RolloutEngine):
 
     def close(self) -> None:
         del self.llm
+
+
+def _refresh_cpu_embedding_gemms(model: torch.nn.Module) -> None:
+    """On CPU, vLLM packs each embedding matrix used as an output projection (the lm_head, or
+    the input embedding when they are tied) into a GEMM kernel handle at load time, keeping the
+    plain weight beside it. `reload_weights` updates the plain weight but not that handle, so
+    the logits would still come from the old embedding: rebuild the handles."""
+    if torch.cuda.is_available():
+        return
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if hasattr(module, "cpu_linear") and type(method).__name__ == "UnquantizedEmbeddingMethod":
+            method.process_weights_after_loading(module)

@@ -1,0 +1,355 @@
+"""Accuracy of one or several models side by side: greedy pass@1, or avg@n and pass@k with sampling.
+
+    python -m grpo_trainer.evaluate --model smollm2-135m-instruct runs/quickstart \\
+        [--data synthetic|file.jsonl|openai/gsm8k] [--split test] [--num-examples N] [--k 4]
+        [--temperature 1.0] [--max-tokens 256] [--output eval_results.json]
+
+Each --model is a bundled alias, an HF directory or hub id, a run directory (its newest complete
+checkpoint) or a checkpoint directory (its model/). Models are evaluated one after the other,
+each in its own vLLM engine that is freed before the next starts. Under `accelerate launch` every
+process evaluates a strided share of the problems and the counts are gathered, so the numbers do
+not depend on the process count (greedy) or only through the sampling seeds (sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERIFIER = "gsm8k"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k for one problem from n samples of which c are correct.
+
+    Chen et al. 2021, "Evaluating Large Language Models Trained on Code" (Codex, arXiv 2107.03374),
+    eq. 1: pass@k = 1 - C(n-c, k) / C(n, k), the chance that k of the n samples drawn without
+    replacement hold at least one correct one. With n == k it is 1 if c > 0 else 0; with k == 1 it
+    is c / n. Computed on Python's exact integers, so large n loses no precision.
+    """
+    if n < 1 or not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs n >= 1, 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def resolve_eval_model(spec: str) -> tuple[str, int | None]:
+    """(loadable model path, checkpoint step or None) for an alias, HF dir, hub id, run dir or
+    checkpoint dir."""
+    from grpo_trainer.checkpoint import MARKER, list_checkpoints
+    from grpo_trainer.models import resolve_model_path
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        if (path / "model" / "config.json").is_file():  # a checkpoint-NNNNNN directory
+            if not (path / MARKER).is_file():
+                log.warning("%s has no %s marker: its save may have been interrupted", path, MARKER)
+            m = _CKPT.match(path.name)
+            return str(path / "model"), int(m.group(1)) if m else None
+        found = [(step, ckpt) for step, ckpt in list_checkpoints(path) if (ckpt / "model" / "config.json").is_file()]
+        if found:
+            step, ckpt = found[-1]
+            return str(ckpt / "model"), step
+        if any(_CKPT.match(child.name) for child in path.iterdir()):
+            raise ValueError(f"run directory {spec!r} has no complete checkpoint-*/model (every save was "
+                             f"interrupted); pass a checkpoint directory or HF model directory instead")
+        raise ValueError(f"{spec!r} is neither an HF model directory (config.json), a checkpoint directory "
+                         f"(model/config.json) nor a run directory (checkpoint-*/); check the path")
+    return resolve_model_path(spec), None
+
+
+def check_verifier_specs(specs: list[dict]) -> None:
+    """Accuracy comes from RewardOutput.correct, which only a correctness verifier fills."""
+    from grpo_trainer.rewards.registry import get_entry
+
+    if not any(":" not in s.get("name", ":") and get_entry(s["name"]).kind == "correctness" for s in specs):
+        names = [s.get("name") for s in specs]
+        raise ValueError(f"verifier specs {names} hold no correctness verifier; use 'gsm8k', 'math' or one "
+                         f"registered with kind='correctness'")
+
+
+def aggregate(records: list[dict], k: int) -> dict[str, float]:
+    """Dataset metrics from per-problem counts (each record: num_samples, num_correct,
+    num_formatted, num_tokens, num_truncated). accuracy is the mean per-problem c/n: greedy pass@1
+    at temperature 0, avg@n (= unbiased pass@1) with sampling; pass@k as in `pass_at_k`."""
+    if not records:
+        raise ValueError("no problems were evaluated; pass a non-empty data set")
+    samples = sum(r["num_samples"] for r in records)
+    return {
+        "accuracy": sum(pass_at_k(r["num_samples"], r["num_correct"], 1) for r in records) / len(records),
+        "pass@k": sum(pass_at_k(r["num_samples"], r["num_correct"], k) for r in records) / len(records),
+        "format": sum(r["num_formatted"] for r in records) / samples,
+        "mean_completion_tokens": sum(r["num_tokens"] for r in records) / samples,
+        "truncated": sum(r["num_truncated"] for r in records) / samples,
+    }
+
+
+def _score_chunk(idx, kept, texts, batch, tokenizer, reward_fn, save_completions) -> list[dict]:
+    G = batch.group_size
+    decoded = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+    out = reward_fn(prompts=[texts[i] for i in idx for _ in range(G)], completions=decoded,
+                    completion_ids=batch.completion_ids, answers=[kept[i]["answer"] for i in idx for _ in range(G)])
+    records = []
+    for j, i in enumerate(idx):
+        rows = range(j * G, (j + 1) * G)  # group-major: the G samples of prompt j
+        rec = {"index": i, "gold": kept[i]["gold"], "num_samples": G,
+               "num_correct": sum(out.correct[r] for r in rows),
+               "num_formatted": sum(out.formatted[r] for r in rows),
+               "num_tokens": sum(len(batch.completion_ids[r]) for r in rows),
+               "num_truncated": sum(batch.truncated[r] for r in rows),
+               "parsed": [out.parsed[r] for r in rows]}
+        if save_completions:
+            rec["completions"] = [decoded[r] for r in rows]
+        records.append(rec)
+    return records
+
+
+def evaluate_model(
+    model_path: str,
+    examples: list[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    k: int = 1,
+    temperature: float = 0.0,
+    max_tokens: int = 256,
+    instruction: str | None = None,
+    verifier_specs: list[dict] | None = None,
+    seed: int = 0,
+    num_samples: int | None = None,
+    system_prompt: str | None = None,
+    max_prompt_length: int = 512,
+    dtype: str = "float32",
+    engine=None,
+    reward_fn=None,
+    kv_cache_gib: float = 2.0,
+    gpu_memory_utilization: float = 0.85,
+    chunk_size: int = 64,
+    progress: bool = True,
+    save_completions: bool = False,
+    label: str | None = None,
+) -> dict:
+    """Evaluate one model on `examples` (from `load_examples`); every process must call it.
+
+    num_samples (n, default k) completions per problem at `temperature` (0: greedy, then n must be
+    1). `engine` / `reward_fn`: reuse a running rollout engine (e.g. the trainer's, with its current
+    weights; `model_path` is then only a label) or reward computer; whatever is built here is
+    closed before returning. Under a live process group (the trainer's Accelerator) pass
+    `engine`: closing an engine built here would tear that group down (see `_all_gather`).
+    Each process samples a strided share of the problems; the shares are gathered.
+    Returns the `aggregate` metrics plus n (problems), k, num_samples, temperature, max_tokens,
+    num_dropped, seconds, path and per_example records (index order).
+    """
+    from tqdm.auto import tqdm
+
+    from grpo_trainer.data import DEFAULT_INSTRUCTION, render_prompts
+    from grpo_trainer.rewards import build_reward_fn
+    from grpo_trainer.rollout import SamplingConfig, make_engine
+
+    n_samples = k if num_samples is None else num_samples
+    if k < 1 or n_samples < k:
+        raise ValueError(f"need 1 <= k <= num_samples, got k={k}, num_samples={n_samples}; raise num_samples")
+    if temperature < 0 or (temperature == 0 and n_samples > 1):
+        raise ValueError(f"temperature={temperature} with {n_samples} samples per problem: greedy decoding "
+                         f"(temperature 0) gives one answer, so use k=1, or temperature > 0 (e.g. 1.0) for pass@k")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    specs = verifier_specs or [{"name": DEFAULT_VERIFIER}]
+    check_verifier_specs(specs)
+    rank, world = _rank_world()
+    kept, texts, ids, dropped = render_prompts(examples, tokenizer, DEFAULT_INSTRUCTION if instruction is None
+                                               else instruction, system_prompt, max_prompt_length)
+    mine = list(range(rank, len(kept), world))
+    own_engine, own_rc = engine is None, reward_fn is None
+    sampling = SamplingConfig(num_generations=n_samples, max_tokens=max_tokens, temperature=temperature)
+    started = time.perf_counter()
+    records: list[dict] = []
+    try:
+        if own_rc:
+            reward_fn = build_reward_fn(specs)
+        if own_engine and mine:
+            engine = make_engine("vllm", model_path=model_path, dtype=dtype, seed=seed,
+                                 max_model_len=max(len(p) for p in ids) + max_tokens, kv_cache_gib=kv_cache_gib,
+                                 gpu_memory_utilization=gpu_memory_utilization)
+        bar = tqdm(total=len(mine), desc=f"eval {label or Path(model_path).name}", unit="problem",
+                   disable=not (progress and rank == 0), dynamic_ncols=True)
+        with bar:
+            for c, start in enumerate(range(0, len(mine), chunk_size)):
+                idx = mine[start:start + chunk_size]
+                # Distinct per (seed, process, chunk): shards draw independent samples.
+                chunk_seed = (seed * 1_000_003 + rank * 7919 + c) % (2**31)
+                batch = engine.generate([ids[i] for i in idx], sampling, chunk_seed)
+                records += _score_chunk(idx, kept, texts, batch, tokenizer, reward_fn, save_completions)
+                bar.update(len(idx))
+    finally:
+        if own_rc and reward_fn is not None:
+            reward_fn.close()
+        if own_engine and engine is not None:
+            engine.close()
+        engine = None  # drop the last reference so the weights and KV cache can be freed now
+        gc.collect()
+        _empty_cuda_cache()
+    seconds = time.perf_counter() - started
+    if world > 1:
+        shards = _all_gather((records, seconds))
+        records = [r for shard, _ in shards for r in shard]
+        seconds = max(sec for _, sec in shards)
+    records.sort(key=lambda r: r["index"])
+    return {"path": str(model_path), "n": len(records), "k": k, "num_samples": n_samples,
+            "temperature": temperature, "max_tokens": max_tokens, **aggregate(records, k),
+            "num_dropped": dropped, "seconds": round(seconds, 2), "per_example": records}
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the process count: from a live process group (e.g. the
+    trainer's Accelerator), else from the RANK/WORLD_SIZE that accelerate launch/torchrun set."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    """Every process's `obj`, in rank order.
+
+    Without a live process group a temporary gloo one is made and destroyed again: closing a
+    vLLM engine tears down whatever default group exists (EngineCore.shutdown ->
+    cleanup_dist_env_and_memory), so a group kept across models would be dead by the next one.
+    """
+    import torch.distributed as dist
+
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group("gloo", init_method="env://")
+    try:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    finally:
+        if own:
+            dist.destroy_process_group()
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def format_table(results: list[dict]) -> str:
+    """One row per model: its accuracy (pass@1 or avg@n), pass@k when k > 1, and the cost."""
+    if not results:
+        return "(no results)"
+    r0 = results[0]
+    acc_name = "pass@1" if r0["num_samples"] == 1 else f"avg@{r0['num_samples']}"
+    cols = [("model", "model", "{}"), ("step", "step", "{}"), ("n", "n", "{}"), (acc_name, "accuracy", "{:.4f}")]
+    if r0["k"] > 1:
+        cols.append((f"pass@{r0['k']}", "pass@k", "{:.4f}"))
+    cols += [("format", "format", "{:.3f}"), ("tokens", "mean_completion_tokens", "{:.1f}"),
+             ("trunc", "truncated", "{:.3f}"), ("secs", "seconds", "{:.0f}")]
+    rows = [[fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in cols] for r in results]
+    widths = [max(len(head), *(len(row[i]) for row in rows)) for i, (head, _, _) in enumerate(cols)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line([h for h, _, _ in cols]), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="grpo_trainer.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", required=True, help="aliases, HF dirs/hub ids, run dirs or checkpoint dirs")
+    p.add_argument("--data", default="synthetic", help="'synthetic', a .jsonl/.json/.parquet file or an HF dataset")
+    p.add_argument("--split", default="test")
+    p.add_argument("--num-examples", type=int, default=None, help="a seeded subset of this many problems")
+    p.add_argument("--difficulty", type=int, default=1, help="synthetic data only")
+    p.add_argument("--k", type=int, default=1, help="pass@k; k > 1 samples (temperature defaults to 1.0)")
+    p.add_argument("--num-samples", type=int, default=None, help="samples per problem n >= k (default k)")
+    p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for one sample, else 1.0")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--instruction", default=None, help="appended to each question (default: the training one)")
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--max-prompt-length", type=int, default=512)
+    p.add_argument("--verifier", default=DEFAULT_VERIFIER, help="a correctness verifier: gsm8k, math, ...")
+    p.add_argument("--verifier-kwargs", default="{}", help='JSON, e.g. \'{"mode": "flexible"}\'')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--kv-cache-gib", type=float, default=2.0, help="CPU: KV cache size")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="GPU: engine's share of memory")
+    p.add_argument("--output", default="eval_results.json", help="JSON results file")
+    p.add_argument("--save-completions", action="store_true", help="store every completion in the JSON")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the engine's start-up chatter out of the table
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("vllm", "httpx", "datasets", "accelerate.utils.other"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _run(args)
+    except ValueError as exc:  # ModelPathError, RewardError and bad input all subclass it
+        if os.environ.get("GRPO_TRAINER_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        verifier_kwargs = json.loads(args.verifier_kwargs)
+    except json.JSONDecodeError:
+        verifier_kwargs = None
+    if not isinstance(verifier_kwargs, dict):
+        raise ValueError(f"--verifier-kwargs {args.verifier_kwargs!r} is not a JSON object; write e.g. '{{\"mode\": \"flexible\"}}'")
+    num_samples = args.num_samples or args.k
+    temperature = args.temperature if args.temperature is not None else (0.0 if num_samples == 1 else 1.0)
+    specs = [{"name": args.verifier, "kwargs": verifier_kwargs}]
+    check_verifier_specs(specs)
+
+    from grpo_trainer.data import load_examples
+    from grpo_trainer.models import load_tokenizer
+    from grpo_trainer.rewards import build_reward_fn
+
+    rank, _ = _rank_world()
+    examples = load_examples(args.data, args.split, args.num_examples, args.seed, args.difficulty)
+    results = []
+    with build_reward_fn(specs) as reward_fn:  # one verifier pool for every model
+        for spec in args.model:
+            # No barrier here (there is no process group yet): alias conversion is file-locked.
+            path, step = resolve_eval_model(spec)
+            result = evaluate_model(
+                path, examples, load_tokenizer(path), k=args.k, temperature=temperature,
+                max_tokens=args.max_tokens, instruction=args.instruction, verifier_specs=specs, seed=args.seed,
+                num_samples=num_samples, system_prompt=args.system_prompt,
+                max_prompt_length=args.max_prompt_length, dtype=args.dtype, reward_fn=reward_fn,
+                kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
+                save_completions=args.save_completions, label=spec)
+            results.append({"model": spec, "step": step, **result})
+    if rank == 0:
+        config = {key: getattr(args, key) for key in ("data", "split", "num_examples", "difficulty", "k",
+                                                      "max_tokens", "instruction", "system_prompt",
+                                                      "verifier", "seed", "dtype")}
+        config.update(num_samples=num_samples, temperature=temperature, verifier_kwargs=verifier_kwargs)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"config": config, "results": results}, indent=1) + "\n")
+        print(format_table(results), flush=True)
+        print(f"wrote {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
