@@ -7,8 +7,10 @@
 Each --model is a bundled alias, an HF directory or hub id, a run directory (its newest complete
 checkpoint) or a checkpoint directory (its model/). Models are evaluated one after the other,
 each in its own vLLM engine that is freed before the next starts. Under `accelerate launch` every
-process evaluates a strided share of the problems and the counts are gathered, so the numbers do
-not depend on the process count (greedy) or only through the sampling seeds (sampling).
+process (also under torchrun; on CPU-only machines `torchrun --nproc_per_node N -m
+grpo_trainer.evaluate ...`) evaluates a strided share of the problems and the results are
+gathered, so greedy numbers do not depend on the process count (sampled ones only through the
+seeds). JSON: {"config": {...}, "results": [one object per model, see `evaluate_model`]}.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_VERIFIER = "gsm8k"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+# For `_all_gather` outside a live process group: one store per process, one key prefix per call.
+_STORE = None
+_NUM_GATHERS = 0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -73,10 +78,21 @@ def check_verifier_specs(specs: list[dict]) -> None:
     """Accuracy comes from RewardOutput.correct, which only a correctness verifier fills."""
     from grpo_trainer.rewards.registry import get_entry
 
-    if not any(":" not in s.get("name", ":") and get_entry(s["name"]).kind == "correctness" for s in specs):
+    # "module:function" rewards have no kind; registered names are looked up (unknown ones raise).
+    registered = [s["name"] for s in specs if isinstance(s.get("name"), str) and ":" not in s["name"]]
+    if not any(get_entry(name).kind == "correctness" for name in registered):
         names = [s.get("name") for s in specs]
         raise ValueError(f"verifier specs {names} hold no correctness verifier; use 'gsm8k', 'math' or one "
                          f"registered with kind='correctness'")
+
+
+def check_sampling(k: int, num_samples: int, temperature: float) -> None:
+    """pass@k needs k <= n samples, and more than one sample needs temperature > 0."""
+    if k < 1 or num_samples < k:
+        raise ValueError(f"need 1 <= k <= num_samples, got k={k}, num_samples={num_samples}; raise num_samples")
+    if temperature < 0 or (temperature == 0 and num_samples > 1):
+        raise ValueError(f"temperature={temperature} with {num_samples} samples per problem: greedy decoding "
+                         f"(temperature 0) gives one answer, so use k=1, or temperature > 0 (e.g. 1.0) for pass@k")
 
 
 def aggregate(records: list[dict], k: int) -> dict[str, float]:
@@ -95,7 +111,7 @@ def aggregate(records: list[dict], k: int) -> dict[str, float]:
     }
 
 
-def _score_chunk(idx, kept, texts, batch, tokenizer, reward_fn, save_completions) -> list[dict]:
+def _score_chunk(idx, kept, origin, texts, batch, tokenizer, reward_fn, save_completions) -> list[dict]:
     G = batch.group_size
     decoded = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
     out = reward_fn(prompts=[texts[i] for i in idx for _ in range(G)], completions=decoded,
@@ -103,7 +119,7 @@ def _score_chunk(idx, kept, texts, batch, tokenizer, reward_fn, save_completions
     records = []
     for j, i in enumerate(idx):
         rows = range(j * G, (j + 1) * G)  # group-major: the G samples of prompt j
-        rec = {"index": i, "gold": kept[i]["gold"], "num_samples": G,
+        rec = {"index": origin[i], "gold": kept[i]["gold"], "num_samples": G,
                "num_correct": sum(out.correct[r] for r in rows),
                "num_formatted": sum(out.formatted[r] for r in rows),
                "num_tokens": sum(len(batch.completion_ids[r]) for r in rows),
@@ -147,9 +163,15 @@ def evaluate_model(
     closed before returning. Under a live process group (the trainer's Accelerator) pass
     `engine`: closing an engine built here would tear that group down (see `_all_gather`).
     Each process samples a strided share of the problems; the shares are gathered.
+    torch's global RNG, which the engines reseed per call, is restored afterwards so a training
+    loop that evaluates in between draws what it would have drawn without.
     Returns the `aggregate` metrics plus n (problems), k, num_samples, temperature, max_tokens,
-    num_dropped, seconds, path and per_example records (index order).
+    num_dropped (prompts over max_prompt_length), seconds, path, and per_example: one record per
+    problem in `examples` order: index (position in `examples`), gold, num_samples, num_correct,
+    num_formatted, num_tokens, num_truncated, parsed (what the verifier read per sample) and,
+    with save_completions, completions.
     """
+    import torch
     from tqdm.auto import tqdm
 
     from grpo_trainer.data import DEFAULT_INSTRUCTION, render_prompts
@@ -157,11 +179,7 @@ def evaluate_model(
     from grpo_trainer.rollout import SamplingConfig, make_engine
 
     n_samples = k if num_samples is None else num_samples
-    if k < 1 or n_samples < k:
-        raise ValueError(f"need 1 <= k <= num_samples, got k={k}, num_samples={n_samples}; raise num_samples")
-    if temperature < 0 or (temperature == 0 and n_samples > 1):
-        raise ValueError(f"temperature={temperature} with {n_samples} samples per problem: greedy decoding "
-                         f"(temperature 0) gives one answer, so use k=1, or temperature > 0 (e.g. 1.0) for pass@k")
+    check_sampling(k, n_samples, temperature)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     specs = verifier_specs or [{"name": DEFAULT_VERIFIER}]
@@ -170,10 +188,15 @@ def evaluate_model(
     kept, texts, ids, dropped = render_prompts(examples, tokenizer, DEFAULT_INSTRUCTION if instruction is None
                                                else instruction, system_prompt, max_prompt_length)
     mine = list(range(rank, len(kept), world))
+    # Records name a problem by its position in `examples`, which prompts dropped as too long shift.
+    position = {id(ex): i for i, ex in enumerate(examples)}
+    origin = [position[id(ex)] for ex in kept]
     own_engine, own_rc = engine is None, reward_fn is None
     sampling = SamplingConfig(num_generations=n_samples, max_tokens=max_tokens, temperature=temperature)
     started = time.perf_counter()
     records: list[dict] = []
+    rng_state = torch.get_rng_state()
+    cuda_rng_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
         if own_rc:
             reward_fn = build_reward_fn(specs)
@@ -189,9 +212,12 @@ def evaluate_model(
                 # Distinct per (seed, process, chunk): shards draw independent samples.
                 chunk_seed = (seed * 1_000_003 + rank * 7919 + c) % (2**31)
                 batch = engine.generate([ids[i] for i in idx], sampling, chunk_seed)
-                records += _score_chunk(idx, kept, texts, batch, tokenizer, reward_fn, save_completions)
+                records += _score_chunk(idx, kept, origin, texts, batch, tokenizer, reward_fn, save_completions)
                 bar.update(len(idx))
     finally:
+        torch.set_rng_state(rng_state)
+        if cuda_rng_states is not None:
+            torch.cuda.set_rng_state_all(cuda_rng_states)
         if own_rc and reward_fn is not None:
             reward_fn.close()
         if own_engine and engine is not None:
@@ -226,19 +252,28 @@ def _all_gather(obj: Any) -> list[Any]:
     Without a live process group a temporary gloo one is made and destroyed again: closing a
     vLLM engine tears down whatever default group exists (EngineCore.shutdown ->
     cleanup_dist_env_and_memory), so a group kept across models would be dead by the next one.
+    Each temporary group gets its own key prefix in one long-lived store: reusing the keys of an
+    earlier group lets a fast rank read a slow rank's stale address and fail to connect.
     """
+    global _STORE, _NUM_GATHERS
     import torch.distributed as dist
 
-    own = not dist.is_initialized()
-    if own:
-        dist.init_process_group("gloo", init_method="env://")
-    try:
+    if dist.is_initialized():
         out: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(out, obj)
         return out
+    rank, world = _rank_world()
+    if _STORE is None:
+        _STORE = next(dist.rendezvous("env://", rank=rank, world_size=world))[0]
+    _NUM_GATHERS += 1  # every process gathers once per model, so the counts agree
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"grpo_eval/{_NUM_GATHERS}", _STORE),
+                            rank=rank, world_size=world)
+    try:
+        out = [None] * world
+        dist.all_gather_object(out, obj)
+        return out
     finally:
-        if own:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def _empty_cuda_cache() -> None:
@@ -313,11 +348,13 @@ def _run(args: argparse.Namespace) -> int:
     except json.JSONDecodeError:
         verifier_kwargs = None
     if not isinstance(verifier_kwargs, dict):
-        raise ValueError(f"--verifier-kwargs {args.verifier_kwargs!r} is not a JSON object; write e.g. '{{\"mode\": \"flexible\"}}'")
+        raise ValueError(f"--verifier-kwargs {args.verifier_kwargs!r} is not a JSON object; "
+                         "write e.g. '{\"mode\": \"flexible\"}'")
     num_samples = args.num_samples or args.k
     temperature = args.temperature if args.temperature is not None else (0.0 if num_samples == 1 else 1.0)
     specs = [{"name": args.verifier, "kwargs": verifier_kwargs}]
     check_verifier_specs(specs)
+    check_sampling(args.k, num_samples, temperature)  # before minutes of data and model loading
 
     from grpo_trainer.data import load_examples
     from grpo_trainer.models import load_tokenizer
