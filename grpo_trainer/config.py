@@ -85,8 +85,27 @@ class AlgorithmConfig:
     dual_clip_c: Optional[float] = None
     beta: float = 0.0  # KL coefficient; 0 builds no reference model
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    # "loss": beta * KL estimator per token in the loss (GRPO); "reward": beta * sum_t k1 taken
+    # off each sequence's reward before the advantages (PPO-RLHF style).
+    kl_mode: Literal["loss", "reward"] = "loss"
+    kl_target: Optional[float] = None  # set: adaptive beta (PPO-penalty controller) towards it
+    ref_reset_every: int = 0  # >0: copy the policy into the reference every N steps
+    softmax_beta: float = 1.0  # temperature of the `softmax` estimator
+    reinforce_baseline: bool = False  # `reinforce`: subtract the batch-mean reward
     num_iterations: int = 1  # mu: optimisation passes over one rollout batch
+    num_mini_batches: int = 1  # optimizer steps per pass (the rollout batch split in this many)
+    target_kl: Optional[float] = None  # stop the passes once KL(old||new) exceeds it
+    tis_cap: Optional[float] = None  # truncated importance sampling: engine vs trainer log-probs
     entropy_coef: float = 0.0
+    # DAPO dynamic sampling. "refill": drop groups whose rewards all agree and sample fresh
+    # prompts until the batch is full (or max_gen_rounds); "upweight": keep the batch and scale
+    # the remaining groups' advantages by 1/(1 - dropped fraction).
+    dynamic_sampling: Literal["off", "refill", "upweight"] = "off"
+    max_gen_rounds: int = 3
+    overlong_filter: bool = False  # DAPO: truncated completions are masked out of the loss
+    overlong_penalty: bool = False  # DAPO eq. 13 soft length penalty added to the reward
+    overlong_cache_len: int = 32  # L_cache: the penalty ramps over the last L_cache tokens
+    overlong_penalty_factor: float = 1.0
 
 
 @dataclass
@@ -145,13 +164,19 @@ class Config:
 _RANGES = [
     ("an integer >= 1", lambda v: v >= 1,
      "data.max_prompt_length rollout.num_generations rollout.max_completion_length algorithm.num_iterations "
+     "algorithm.num_mini_batches algorithm.max_gen_rounds "
      "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
      "trainer.keep_last"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
+     "algorithm.ref_reset_every algorithm.overlong_cache_len "
      "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads"),
     ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
      "trainer.learning_rate trainer.max_grad_norm"),
-    ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay"),
+    ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay "
+     "algorithm.overlong_penalty_factor"),
+    ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.kl_target algorithm.target_kl"),
+    ("null or a float >= 1", lambda v: v is None or v >= 1, "algorithm.tis_cap"),
+    ("a float > 0", lambda v: v > 0, "algorithm.softmax_beta"),
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "rollout.top_p rollout.gpu_memory_utilization"),
     ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low trainer.adam_beta1 trainer.adam_beta2"),
     ("null or an integer >= 1", lambda v: v is None or v >= 1, "data.num_examples"),
@@ -190,6 +215,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"algorithm.scale={a.scale!r} does not apply to algorithm.advantage={a.advantage!r}: set "
             f"algorithm.scale=null (scale is for {', '.join(_SCALED_ESTIMATORS)})")
+    if a.overlong_penalty and a.overlong_cache_len >= r.max_completion_length:
+        raise ConfigError(
+            f"algorithm.overlong_cache_len={a.overlong_cache_len} must be < rollout.max_completion_length="
+            f"{r.max_completion_length}: the penalty ramps over the last overlong_cache_len tokens")
+    if a.dynamic_sampling != "off" and r.num_generations < 2:
+        raise ConfigError("algorithm.dynamic_sampling needs rollout.num_generations >= 2: it drops groups "
+                          "whose rewards all agree")
     cfg.reward.functions = [_reward_spec(i, spec) for i, spec in enumerate(cfg.reward.functions)]
     return cfg
 
@@ -273,6 +305,8 @@ def _coerce(key: str, value: Any, tp: Any, allowed: str | None = None) -> Any:
         choices = typing.get_args(tp)
         if isinstance(value, str) and value in choices:
             return value
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+            return "no"
         close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}{hint}")

@@ -23,12 +23,12 @@ from grpo_trainer import algo
 from grpo_trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
-from grpo_trainer.forward import completion_logprobs, pack, plan_micro_batches
 from grpo_trainer.metrics import MetricsLogger, PhaseTimer
 from grpo_trainer.models import load_causal_lm, load_tokenizer, resolve_model_path
 from grpo_trainer.rewards import build_reward_fn
-from grpo_trainer.rollout import RolloutBatch, SamplingConfig, make_engine
+from grpo_trainer.rollout import RolloutBatch, SamplingConfig, concat_batches, make_engine, select_groups
 from grpo_trainer.rollout.weights import iter_full_weights
+from grpo_trainer.update import PolicyUpdater, StepBatch, row_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,11 @@ class GRPOTrainer:
             gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         torch.set_num_threads(self.threads)  # engines lower it for serving
+        self.updater = PolicyUpdater(acc, self.model, self.optimizer, self.ref, self.tokenizer.pad_token_id, a,
+                                     r.temperature, t.micro_batch_size, t.max_grad_norm, r.max_completion_length)
         self.step = 0
+        self.beta = a.beta  # adapted when algorithm.kl_target is set
+        self._reward_kl = None
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict]:
@@ -120,30 +124,79 @@ class GRPOTrainer:
     def train_step(self) -> dict:
         cfg, acc, timer = self.cfg, self.acc, PhaseTimer()
         with timer("step"):
-            idx = self.sampler.next_batch(self.local_prompts)
-            with timer("rollout"):
-                batch = self.engine.generate([self.prompt_ids[i] for i in idx], self.sampling, self._rollout_seed())
-            with timer("reward"):
-                rewards, rmetrics, texts = self._score(idx, batch)
-            advantages = self._advantages(rewards)
+            idx, batch, rewards, samples, dyn = self._collect(timer)  # rollout -> reward -> filter
+            if self.ref is not None and self.beta > 0 and cfg.algorithm.kl_mode == "reward":
+                rewards = rewards - self.beta * self._sequence_kl(batch)
+            advantages = self._advantages(rewards) * dyn.pop("weight")
+            step_batch = StepBatch(
+                prompt_ids=[batch.prompt_ids[i // batch.group_size] for i in range(len(batch.completion_ids))],
+                completion_ids=batch.completion_ids, rollout_logprobs=batch.logprobs, advantages=advantages,
+                in_loss=~torch.tensor(batch.truncated) if cfg.algorithm.overlong_filter
+                else torch.ones(len(batch.truncated), dtype=torch.bool))
             with timer("train"):
-                tmetrics = self._update(batch, advantages)
+                metrics = self.updater.run(step_batch, self.beta)
+            self._after_update(metrics)
             with timer("sync"):
                 self.sync_weights()
-        self._log_samples(idx, batch, texts, rewards)
-        n_tokens = acc.reduce(torch.tensor(float(batch.num_tokens)), "sum").item()
-        metrics = {**rmetrics, **tmetrics, "train/lr": self.scheduler.get_last_lr()[0]}
+        self._log_samples(idx, batch, rewards)
+        metrics.update(self._reward_metrics(samples))
+        metrics.update(dyn)
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/beta"] = self.beta
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        n_tokens = acc.reduce(torch.tensor(float(samples["num_tokens"])), "sum").item()
         metrics["throughput/rollout_tokens_per_s"] = n_tokens / max(timer.seconds["rollout"], 1e-9)
         return metrics
 
     # ------------------------------------------------------------------ phases
-    def _rollout_seed(self) -> int:
-        # A function of (seed, step, rank) only: a resumed run draws the same completions.
-        return (self.cfg.rollout.seed * 1_000_003 + self.step * 7919 + self.acc.process_index) % (2**31)
+    def _rollout_seed(self, round_: int) -> int:
+        # A function of (seed, step, round, rank) only: a resumed run draws the same completions.
+        return (self.cfg.rollout.seed * 1_000_003 + self.step * 7919 + round_ * 104_729
+                + self.acc.process_index) % (2**31)
+
+    def _collect(self, timer: PhaseTimer):
+        """Sample and score groups; with DAPO dynamic sampling, drop groups whose rewards all agree
+        and sample fresh prompts until every process holds `local_prompts` groups or
+        `max_gen_rounds` is reached (then train on what there is)."""
+        a, G = self.cfg.algorithm, self.cfg.rollout.num_generations
+        kept_idx, kept_batches, kept_rewards, all_samples = [], [], [], []
+        rounds = dropped = 0
+        while True:
+            rounds += 1
+            idx = self.sampler.next_batch(self.local_prompts)
+            with timer("rollout"):
+                batch = self.engine.generate([self.prompt_ids[i] for i in idx], self.sampling,
+                                             self._rollout_seed(rounds - 1))
+            with timer("reward"):
+                rewards, samples = self._score(idx, batch)
+            all_samples.append(samples)
+            informative = algo.informative_groups(rewards, G)
+            keep = informative.nonzero().flatten().tolist() if a.dynamic_sampling == "refill" else list(range(len(idx)))
+            dropped += int((~informative).sum())
+            kept_idx += [idx[g] for g in keep]
+            kept_batches.append(select_groups(batch, keep))
+            kept_rewards.append(rewards.view(-1, G)[keep].flatten())
+            have = self.acc.gather(torch.tensor([len(kept_idx)], device=self.acc.device)).min().item()
+            if a.dynamic_sampling != "refill" or have >= self.local_prompts or rounds >= a.max_gen_rounds:
+                break
+        if not kept_idx:  # nothing informative anywhere: keep one group so every process takes part
+            kept_idx, kept_batches, kept_rewards = idx[:1], [select_groups(batch, [0])], [rewards[:G]]
+        n = min(len(kept_idx), self.local_prompts)
+        batch = select_groups(concat_batches(kept_batches), list(range(n)))
+        rewards = torch.cat(kept_rewards)[:n * G]
+        weight = 1.0
+        if a.dynamic_sampling == "upweight":
+            weight = algo.group_upweight(self.acc.gather(algo.informative_groups(rewards, G).to(self.acc.device)))
+        total_groups = self.acc.reduce(torch.tensor([float(dropped), float(rounds * self.local_prompts)],
+                                                    device=self.acc.device), "sum").tolist()
+        dyn = {"weight": weight, "dynamic/gen_rounds": float(rounds), "dynamic/filtered_groups": total_groups[0],
+               "dynamic/generated_groups": total_groups[1], "dynamic/upweight": weight}
+        merged = {k: [x for s in all_samples for x in s[k]] for k in all_samples[0] if k != "num_tokens"}
+        merged["num_tokens"] = sum(s["num_tokens"] for s in all_samples)
+        return kept_idx[:n], batch, rewards, merged, dyn
 
     def _score(self, idx: list[int], batch: RolloutBatch):
-        G = self.cfg.rollout.num_generations
+        cfg, G = self.cfg, self.cfg.rollout.num_generations
         texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
         rows = [self.examples[i] for i in idx for _ in range(G)]
         columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("question", "answer", "gold")}
@@ -151,103 +204,72 @@ class GRPOTrainer:
                              completion_ids=batch.completion_ids, answers=[row["answer"] for row in rows],
                              **columns)
         rewards = torch.tensor(out.rewards, dtype=torch.float32)  # (B*G,)
-        lengths = torch.tensor([len(c) for c in batch.completion_ids], dtype=torch.float32)
-        local = {
-            "reward/mean": rewards, "reward/accuracy": torch.tensor(out.correct, dtype=torch.float32),
-            "reward/format": torch.tensor(out.formatted, dtype=torch.float32),
-            "completion/len_mean": lengths,
-            "completion/truncated": torch.tensor(batch.truncated, dtype=torch.float32),
-        }
+        lengths = torch.tensor([len(c) for c in batch.completion_ids])
+        if cfg.algorithm.overlong_penalty:
+            rewards = rewards + algo.soft_overlong_penalty(
+                lengths, cfg.rollout.max_completion_length, cfg.algorithm.overlong_cache_len,
+                cfg.algorithm.overlong_penalty_factor)
+        samples = {"texts": texts, "reward": rewards.tolist(), "correct": out.correct, "formatted": out.formatted,
+                   "length": lengths.tolist(), "truncated": batch.truncated, "timeouts": [out.num_timeouts],
+                   "num_tokens": batch.num_tokens}
         for label, scores in out.components.items():
-            local[f"reward/{label}"] = torch.tensor([math.nan if s is None else s for s in scores])
-        metrics = {k: self._global_nanmean(v) for k, v in local.items()}
-        all_rewards = self.acc.gather(rewards)
-        metrics["reward/std"] = all_rewards.std().item() if all_rewards.numel() > 1 else 0.0
-        metrics["completion/len_max"] = self.acc.gather(lengths).max().item()
-        informative = algo.informative_groups(all_rewards, G)
-        metrics["groups/zero_variance_frac"] = 1.0 - informative.float().mean().item()
-        metrics["reward/timeouts"] = float(out.num_timeouts)
-        return rewards, metrics, texts
+            samples[f"reward/{label}"] = [math.nan if s is None else s for s in scores]
+        return rewards, samples
+
+    def _reward_metrics(self, s: dict) -> dict:
+        """Over every sample generated this step (all dynamic-sampling rounds, all processes)."""
+        f = lambda key: torch.tensor(s[key], dtype=torch.float32)  # noqa: E731
+        metrics = {"reward/mean": self._global_nanmean(f("reward")), "reward/accuracy": self._global_nanmean(f("correct")),
+                   "reward/format": self._global_nanmean(f("formatted")),
+                   "completion/len_mean": self._global_nanmean(f("length")),
+                   "completion/truncated": self._global_nanmean(f("truncated")),
+                   "reward/timeouts": self.acc.reduce(f("timeouts").sum().to(self.acc.device), "sum").item()}
+        for key in s:
+            if key.startswith("reward/"):
+                metrics[key] = self._global_nanmean(f(key))
+        r = f("reward").to(self.acc.device)
+        s1, s2, n = self.acc.reduce(torch.stack([r.sum(), (r * r).sum(), torch.tensor(float(r.numel()))]), "sum")
+        metrics["reward/std"] = (max((s2 - s1 * s1 / n).item(), 0.0) / max(n.item() - 1, 1)) ** 0.5
+        metrics["completion/len_max"] = self.acc.gather(f("length").max().view(1).to(self.acc.device)).max().item()
+        rounds_groups = f("reward").view(-1, self.cfg.rollout.num_generations)
+        zero_var = (~algo.informative_groups(rounds_groups.flatten(), self.cfg.rollout.num_generations)).float()
+        metrics["groups/zero_variance_frac"] = self._global_nanmean(zero_var)
+        return metrics
 
     def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        # Computed over the whole step batch (all processes) so `scale=batch` sees every reward;
-        # each process keeps its own contiguous slice (its groups).
+        # Over the whole step batch (all processes) so `scale=batch` sees every reward; each
+        # process keeps its own slice. Processes may hold different numbers of groups.
+        a, acc = self.cfg.algorithm, self.acc
+        counts = acc.gather(torch.tensor([rewards.numel()], device=acc.device)).tolist()
+        padded = acc.gather(acc.pad_across_processes(rewards.to(acc.device), pad_index=0.0)).view(len(counts), -1)
+        all_rewards = torch.cat([padded[r, :c] for r, c in enumerate(counts)]).cpu()
+        kwargs = {"softmax_beta": a.softmax_beta} if a.advantage == "softmax" else {}
+        if a.advantage == "reinforce":
+            kwargs["baseline"] = a.reinforce_baseline
+        adv = algo.group_advantages(all_rewards, self.cfg.rollout.num_generations, a.advantage, a.scale, **kwargs)
+        start = sum(counts[:acc.process_index])
+        return adv[start:start + rewards.numel()]
+
+    def _sequence_kl(self, batch: RolloutBatch) -> torch.Tensor:
+        """sum_t (log pi_old - log pi_ref) per completion: the k1 KL taken off the reward."""
+        prompts = [batch.prompt_ids[i // batch.group_size] for i in range(len(batch.completion_ids))]
+        ref = row_logprobs(self.ref, prompts, batch.completion_ids, self.tokenizer.pad_token_id, self.acc.device,
+                           self.cfg.rollout.temperature, self.cfg.trainer.micro_batch_size)
+        kl = torch.stack([(torch.tensor(lp) - r).sum() for lp, r in zip(batch.logprobs, ref)])
+        total, tokens = self.acc.reduce(torch.tensor([kl.sum().item(), float(batch.num_tokens)],
+                                                     device=self.acc.device), "sum").tolist()
+        self._reward_kl = total / max(tokens, 1.0)  # per token, for the log and the beta controller
+        return kl
+
+    def _after_update(self, metrics: dict) -> None:
         a = self.cfg.algorithm
-        all_rewards = self.acc.gather(rewards)
-        adv = algo.group_advantages(all_rewards, self.cfg.rollout.num_generations, a.advantage, a.scale)
-        n = rewards.numel()
-        return adv[self.acc.process_index * n:(self.acc.process_index + 1) * n]
-
-    def _update(self, batch: RolloutBatch, advantages: torch.Tensor) -> dict:
-        cfg, acc, a = self.cfg, self.acc, self.cfg.algorithm
-        G = self.cfg.rollout.num_generations
-        prompts = [batch.prompt_ids[i // G] for i in range(len(batch.completion_ids))]
-        # A row whose advantage is 0 adds exactly nothing to the gradient when no KL or entropy
-        # term is on, so it is left out of the forward/backward (it still counts in the
-        # normalisers below). With most groups all-wrong early in training, this is most rows.
-        needs_all = self.ref is not None or a.entropy_coef != 0
-        active = [i for i in range(len(prompts)) if needs_all or advantages[i] != 0] or [0]
-        plan = plan_micro_batches([len(prompts[i]) + len(batch.completion_ids[i]) for i in active],
-                                  cfg.trainer.micro_batch_size)
-        mbs = [pack([active[j] for j in rows], [prompts[active[j]] for j in rows],
-                    [batch.completion_ids[active[j]] for j in rows], self.tokenizer.pad_token_id).to(acc.device)
-               for rows in plan]
-        # Global normalisers: the same loss whatever the micro-batch or process split.
-        num_tokens = acc.reduce(torch.tensor(float(batch.num_tokens), device=acc.device), "sum").item()
-        num_seqs = acc.reduce(torch.tensor(float(len(batch.completion_ids)), device=acc.device), "sum").item()
-        adv = advantages.to(acc.device)
-
-        old_logps, ref_logps = [None] * len(mbs), [None] * len(mbs)
-        with torch.no_grad():
-            for k, mb in enumerate(mbs):
-                if a.num_iterations > 1:  # several updates per batch: the ratio needs pi_old fixed
-                    old_logps[k] = completion_logprobs(self.model, mb, cfg.rollout.temperature)[0]
-                if self.ref is not None:
-                    ref_logps[k] = completion_logprobs(self.ref, mb, cfg.rollout.temperature)[0]
-
-        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_low": 0.0, "clip_high": 0.0}
-        self.model.train()
-        for _ in range(a.num_iterations):
-            for k, mb in enumerate(mbs):
-                # DDP all-reduces gradients only on the last micro-batch of the update.
-                sync = contextlib.nullcontext() if k == len(mbs) - 1 else acc.no_sync(self.model)
-                with sync:
-                    logp, entropy = completion_logprobs(self.model, mb, cfg.rollout.temperature, with_entropy=True)
-                    old = logp.detach() if old_logps[k] is None else old_logps[k]
-                    per_token, stats = algo.clipped_policy_loss(
-                        logp, old, adv[mb.rows], mb.completion_mask, a.eps_low, a.eps_high, a.dual_clip_c)
-                    kl = None
-                    if ref_logps[k] is not None:
-                        kl = algo.kl_estimate(logp, ref_logps[k], a.kl_estimator)
-                        per_token = per_token + a.beta * kl
-                    if a.entropy_coef:
-                        per_token = per_token - a.entropy_coef * entropy
-                    loss = algo.aggregate_loss(per_token, mb.completion_mask, a.loss_agg, num_tokens, num_seqs,
-                                               cfg.rollout.max_completion_length)
-                    # Gradients are averaged over processes; the loss is already a global sum.
-                    acc.backward(loss * acc.num_processes)
-                m = mb.completion_mask
-                n_tok = m.sum().item()
-                sums["loss"] += loss.item()
-                sums["entropy"] += entropy[m].sum().item()
-                sums["kl"] += kl[m].sum().item() if kl is not None else 0.0
-                sums["clip_low"] += stats["clip_frac_low"].item() * n_tok
-                sums["clip_high"] += stats["clip_frac_high"].item() * n_tok
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.trainer.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-
-        passes = a.num_iterations
-        local_tokens = float(sum(mb.completion_mask.sum().item() for mb in mbs)) * passes
-        totals = acc.reduce(torch.tensor([sums["entropy"], sums["kl"], sums["clip_low"], sums["clip_high"],
-                                          local_tokens], device=acc.device), "sum").tolist()
-        denom = max(totals[4], 1.0)
-        return {"train/loss": acc.reduce(torch.tensor(sums["loss"] / passes, device=acc.device), "sum").item(),
-                "train/entropy": totals[0] / denom, "train/kl": totals[1] / denom,
-                "train/clip_frac_low": totals[2] / denom, "train/clip_frac_high": totals[3] / denom,
-                "train/grad_norm": float(grad_norm),
-                "train/active_rows": acc.reduce(torch.tensor(float(len(active)), device=acc.device), "sum").item()}
+        if a.kl_mode == "reward" and self._reward_kl is not None:
+            metrics["train/kl"] = self._reward_kl
+        if a.kl_target is not None and self.ref is not None:
+            self.beta = algo.adaptive_kl_beta(self.beta, metrics["train/kl"], a.kl_target)
+        if a.ref_reset_every and self.ref is not None and self.step % a.ref_reset_every == 0:
+            # Iterative GRPO / ProRL: the reference catches up with the policy.
+            self.ref.load_state_dict(self.acc.unwrap_model(self.model).state_dict())
 
     def sync_weights(self) -> None:
         """Push the policy's weights into this process's rollout engine."""
@@ -261,23 +283,22 @@ class GRPOTrainer:
         s = self.acc.reduce(torch.stack([x[valid].sum(), valid.sum().float()]), "sum")
         return (s[0] / s[1]).item() if s[1] > 0 else math.nan
 
-    def _log_samples(self, idx, batch, texts, rewards) -> None:
-        t = self.cfg.trainer
+    def _log_samples(self, idx: list[int], batch: RolloutBatch, rewards: torch.Tensor) -> None:
+        t, G = self.cfg.trainer, self.cfg.rollout.num_generations
         if not self.acc.is_main_process or t.log_samples_every <= 0 or self.step % t.log_samples_every:
             return
-        G = self.cfg.rollout.num_generations
-        rows = range(min(t.num_log_samples, len(texts)))
+        rows = range(min(t.num_log_samples, len(batch.completion_ids)))
+        texts = self.tokenizer.batch_decode([batch.completion_ids[i] for i in rows], skip_special_tokens=True)
         self.logger.log_samples(self.step, [
             {"question": self.examples[idx[i // G]]["question"], "gold": self.examples[idx[i // G]]["gold"],
-             "completion": texts[i], "reward": rewards[i].item(), "truncated": batch.truncated[i]}
-            for i in rows])
+             "completion": texts[i], "reward": rewards[i].item(), "truncated": batch.truncated[i]} for i in rows])
 
     def _should_save(self) -> bool:
         every = self.cfg.trainer.save_every
         return self.step == self.cfg.trainer.max_steps or (every > 0 and self.step % every == 0)
 
     def save(self) -> Path:
-        state = {"step": self.step, "sampler": self.sampler.state_dict(),
+        state = {"step": self.step, "sampler": self.sampler.state_dict(), "beta": self.beta,
                  "model_name_or_path": self.cfg.model.name_or_path}
         return save_checkpoint(self.acc, self.model, self.tokenizer, self.run_dir, self.step, state,
                                self.cfg.trainer.keep_last)
@@ -286,5 +307,6 @@ class GRPOTrainer:
         state = load_checkpoint(self.acc, path)
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
+        self.beta = float(state.get("beta", self.cfg.algorithm.beta))
         self.sync_weights()  # the engine started from the base weights
         log.info("resumed from %s at step %d", path, self.step)

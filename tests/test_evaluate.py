@@ -184,13 +184,16 @@ def test_cli_end_to_end_tiny_llama(tiny_llama: Path, tmp_path: Path):
 
 
 GATHER_SCRIPT = """
-import os, sys, time
+import json, os, sys, time
 from grpo_trainer.evaluate import _all_gather
 rank = int(os.environ["RANK"])
+got = []
 for i in range(3):
     if rank == 1 and i:
         time.sleep(1.5)  # rank 0 reaches the next gather first, as after a faster shard
-    print("gathered", i, _all_gather((rank, i)), flush=True)
+    got.append(_all_gather([rank, i]))
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:  # one file each: no interleaving
+    json.dump(got, fh)
 """
 
 
@@ -201,9 +204,10 @@ def test_all_gather_survives_repeated_temporary_groups(tmp_path):
     script = tmp_path / "gather.py"
     script.write_text(GATHER_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("gathered"))
-    # Both ranks print each round's list of (rank, round) in rank order.
-    assert lines == [f"gathered {i} [(0, {i}), (1, {i})]" for i in range(3) for _ in range(2)]
+    # Every rank holds, per round i, [rank, i] of each rank in rank order.
+    expected = [[[0, i], [1, i]] for i in range(3)]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected

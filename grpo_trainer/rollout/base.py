@@ -51,3 +51,21 @@ class RolloutEngine(abc.ABC):
 
     def close(self) -> None:
         """Free the engine's memory."""
+
+
+def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
+    """Join batches of the same G, keeping group-major order."""
+    return RolloutBatch(prompt_ids=[p for b in batches for p in b.prompt_ids],
+                        completion_ids=[c for b in batches for c in b.completion_ids],
+                        logprobs=[lp for b in batches for lp in b.logprobs],
+                        truncated=[t for b in batches for t in b.truncated])
+
+
+def select_groups(batch: RolloutBatch, groups: list[int]) -> RolloutBatch:
+    """The sub-batch made of the given prompt groups, in the given order."""
+    G = batch.group_size
+    rows = [g * G + j for g in groups for j in range(G)]
+    return RolloutBatch(prompt_ids=[batch.prompt_ids[g] for g in groups],
+                        completion_ids=[batch.completion_ids[i] for i in rows],
+                        logprobs=[batch.logprobs[i] for i in rows],
+                        truncated=[batch.truncated[i] for i in rows])

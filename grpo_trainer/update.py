@@ -1,0 +1,174 @@
+"""The policy update of one training step: `num_iterations` passes over `num_mini_batches`
+mini-batches, each an optimizer step made of micro-batched forward/backward passes.
+
+Normalisers (token and sequence counts) are summed over the whole mini-batch on every process
+before any backward, so the gradient does not depend on how rows are cut into micro-batches or
+spread over processes (DDP averages gradients over processes, hence the `* num_processes`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from grpo_trainer import algo
+from grpo_trainer.forward import MicroBatch, completion_logprobs, pack, plan_micro_batches
+
+
+@dataclass
+class StepBatch:
+    """The rows one step trains on, group-major (rows i*G..i*G+G-1 share a prompt)."""
+
+    prompt_ids: list[list[int]]  # (N,) the prompt of each row
+    completion_ids: list[list[int]]  # (N,)
+    rollout_logprobs: list[list[float]]  # (N,) the engine's sampling log-probs
+    advantages: torch.Tensor  # (N,)
+    in_loss: torch.Tensor  # (N,) bool: False masks a row out (DAPO overlong filtering)
+
+
+def row_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int, device,
+                 temperature: float, micro_batch_size: int) -> list[torch.Tensor]:
+    """Per-row completion log-probs under `model`, without gradients (reference / old policy)."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+    with torch.no_grad():
+        for rows in plan_micro_batches([len(p) + len(c) for p, c in zip(prompts, completions)], micro_batch_size):
+            mb = pack(rows, [prompts[i] for i in rows], [completions[i] for i in rows], pad_id).to(device)
+            logp = completion_logprobs(model, mb, temperature)[0].float().cpu()
+            for j, i in enumerate(rows):
+                out[i] = logp[j, :len(completions[i])]
+    return out
+
+
+def _padded(rows_values: list[list[float]], rows: list[int], width: int, device) -> torch.Tensor:
+    t = torch.zeros((len(rows), width), dtype=torch.float32)
+    for j, i in enumerate(rows):
+        t[j, :len(rows_values[i])] = torch.as_tensor(rows_values[i], dtype=torch.float32)
+    return t.to(device)
+
+
+class PolicyUpdater:
+    def __init__(self, acc, model, optimizer, ref, pad_id: int, algorithm, temperature: float,
+                 micro_batch_size: int, max_grad_norm: float, max_completion_length: int):
+        self.acc, self.model, self.optimizer, self.ref = acc, model, optimizer, ref
+        self.pad_id, self.a, self.temperature = pad_id, algorithm, temperature
+        self.micro_batch_size, self.max_grad_norm, self.max_len = micro_batch_size, max_grad_norm, max_completion_length
+
+    def _sum(self, *values: float) -> list[float]:
+        return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.acc.device), "sum").tolist()
+
+    def run(self, batch: StepBatch, beta: float) -> dict:
+        a, acc = self.a, self.acc
+        n = len(batch.completion_ids)
+        kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
+        # A row with advantage 0 contributes exactly nothing when no KL/entropy term is on: it is
+        # kept out of the forward/backward but still counted in the normalisers.
+        needs_all = kl_in_loss or a.entropy_coef != 0
+        # Old log-probs must be frozen before the first update when there is more than one.
+        need_old = a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
+        chunks = [list(range(n))[k::a.num_mini_batches] for k in range(a.num_mini_batches)]
+        minis = []
+        for rows in chunks:
+            in_loss = [i for i in rows if batch.in_loss[i]]
+            tokens, seqs = self._sum(float(sum(len(batch.completion_ids[i]) for i in in_loss)), float(len(in_loss)))
+            train_rows = [i for i in in_loss if needs_all or batch.advantages[i] != 0]
+            # Every process must take part in each gradient all-reduce: one with nothing to
+            # train runs a zero-weighted micro-batch.
+            dummy = not train_rows
+            plan_rows = train_rows or rows[:1]
+            plan = plan_micro_batches([len(batch.prompt_ids[i]) + len(batch.completion_ids[i]) for i in plan_rows],
+                                      self.micro_batch_size)
+            mbs = [pack([plan_rows[j] for j in p], [batch.prompt_ids[plan_rows[j]] for j in p],
+                        [batch.completion_ids[plan_rows[j]] for j in p], self.pad_id).to(acc.device) for p in plan]
+            minis.append({"mbs": mbs, "tokens": max(tokens, 1.0), "seqs": max(seqs, 1.0), "dummy": dummy})
+
+        with torch.no_grad():
+            for mini in minis:
+                mini["old"] = [completion_logprobs(self.model, mb, self.temperature)[0] if need_old else None
+                               for mb in mini["mbs"]]
+                mini["ref"] = [completion_logprobs(self.ref, mb, self.temperature)[0] if kl_in_loss else None
+                               for mb in mini["mbs"]]
+
+        adv = batch.advantages.to(acc.device)
+        sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",
+                              "old_new_tokens", "tis"), 0.0)
+        grad_norm, passes, stop = torch.tensor(0.0), 0, False
+        self.model.train()
+        for _ in range(a.num_iterations):
+            passes += 1
+            for mini in minis:
+                drift = self._step(mini, adv, batch, beta, sums)
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if a.target_kl is not None and need_old:
+                    kl_sum, tok = self._sum(*drift)
+                    if kl_sum / max(tok, 1.0) > a.target_kl:  # the same decision on every process
+                        stop = True
+                        break
+            if stop:
+                break
+
+        tot = self._sum(*(sums[k] for k in ("entropy", "kl", "clip_low", "clip_high", "tokens", "old_new_kl",
+                                             "old_new_tokens", "tis", "loss")))
+        tok = max(tot[4], 1.0)
+        return {"train/loss": tot[8] / passes, "train/entropy": tot[0] / tok, "train/kl": tot[1] / tok,
+                "train/clip_frac_low": tot[2] / tok, "train/clip_frac_high": tot[3] / tok,
+                "train/kl_old_new": tot[5] / max(tot[6], 1.0) if need_old else 0.0,
+                "train/tis_weight_mean": tot[7] / tok if a.tis_cap is not None else 1.0,
+                "train/grad_norm": float(grad_norm), "train/passes": float(passes),
+                "train/rows_trained": self._sum(float(sum(len(mb.rows) for m in minis if not m["dummy"]
+                                                          for mb in m["mbs"])))[0]}
+
+    def _step(self, mini: dict, adv: torch.Tensor, batch: StepBatch, beta: float, sums: dict) -> tuple[float, float]:
+        """Forward/backward over one mini-batch's micro-batches; returns (sum old-new, tokens)."""
+        a, acc, mbs = self.a, self.acc, mini["mbs"]
+        drift = [0.0, 0.0]
+        for k, mb in enumerate(mbs):
+            sync = contextlib.nullcontext() if k == len(mbs) - 1 else acc.no_sync(self.model)
+            with sync:
+                loss, mask, stats = self._micro_loss(mb, mini["old"][k], mini["ref"][k], adv, batch, beta, mini)
+                acc.backward(loss * (0.0 if mini["dummy"] else acc.num_processes))
+            if mini["dummy"]:
+                continue
+            n_tok = mask.sum().item()
+            sums["loss"] += loss.item()
+            sums["tokens"] += n_tok
+            for key in ("kl", "entropy", "tis"):
+                sums[key] += stats[key]
+            sums["clip_low"] += stats["clip_frac_low"] * n_tok
+            sums["clip_high"] += stats["clip_frac_high"] * n_tok
+            drift[0] += stats["old_new"]
+            drift[1] += n_tok
+        sums["old_new_kl"] += drift[0]
+        sums["old_new_tokens"] += drift[1]
+        return drift[0], drift[1]
+
+    def _micro_loss(self, mb: MicroBatch, old, ref, adv, batch: StepBatch, beta: float, mini: dict):
+        a = self.a
+        mask = mb.completion_mask
+        logp, entropy = completion_logprobs(self.model, mb, self.temperature, with_entropy=True)
+        old = logp.detach() if old is None else old
+        per_token, stats = algo.clipped_policy_loss(logp, old, adv[mb.rows], mask, a.eps_low, a.eps_high,
+                                                    a.dual_clip_c)
+        tis_sum = 0.0
+        if a.tis_cap is not None:
+            rollout = _padded(batch.rollout_logprobs, mb.rows, mask.shape[1], mask.device)
+            w = algo.tis_weights(old, rollout, a.tis_cap, mask)
+            per_token = per_token * w
+            tis_sum = w[mask].sum().item()
+        kl_sum = 0.0
+        if ref is not None:
+            kl = algo.kl_estimate(logp, ref, a.kl_estimator)
+            per_token = per_token + beta * kl
+            kl_sum = kl.detach()[mask].sum().item()
+        if a.entropy_coef:
+            per_token = per_token - a.entropy_coef * entropy
+        loss = algo.aggregate_loss(per_token, mask, a.loss_agg, mini["tokens"], mini["seqs"], self.max_len)
+        stats = {"kl": kl_sum, "entropy": entropy[mask].sum().item(), "tis": tis_sum,
+                 "clip_frac_low": stats["clip_frac_low"].item(), "clip_frac_high": stats["clip_frac_high"].item(),
+                 # k3 estimate of KL(old || new) on the tokens just seen (>= 0, unlike k1): the
+                 # target_kl signal.
+                 "old_new": algo.kl_estimate(old, logp.detach(), "k3")[mask].sum().item()}
+        return loss, mask, stats
