@@ -35,3 +35,11 @@ def even_token_fraction(completions, completion_ids, **kwargs):
     # For trainer tests on random tiny models: a reward that varies within every group, so the
     # advantages (and hence the update) are non-zero whatever the model says.
     return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
+
+
+def by_kind(completions, completion_ids, kind, **kwargs):
+    # Dynamic-sampling tests: "right"/"wrong" prompts give all-equal groups (filtered out),
+    # "mixed" prompts give varying rewards.
+    table = {"right": lambda ids: 1.0, "wrong": lambda ids: 0.0,
+             "mixed": lambda ids: sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1)}
+    return [table[k](ids) for ids, k in zip(completion_ids, kind)]

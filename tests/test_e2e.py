@@ -75,3 +75,36 @@ def test_two_steps_checkpoint_and_resume(tiny_llama: Path, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already finished at step 3" in proc.stderr
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_dapo_recipe_two_steps_logs_dynamic_sampling(tiny_llama: Path, tmp_path: Path):
+    from tests.test_dynamic_sampling import make_data
+
+    kinds = ["right", "mixed", "wrong", "right", "mixed", "wrong", "mixed", "right"] * 2
+    data = make_data(tmp_path / "kinds.jsonl", kinds)
+    run = tmp_path / "dapo"
+    overrides = tiny_overrides(tiny_llama, run, 2)
+    overrides = [o for o in overrides if not o.startswith(("reward.functions", "data.num_examples"))]
+    proc = launch(["--recipe", str(REPO / "recipes/dapo_synthetic_smollm2.yaml"), *overrides, f"data.source={data}",
+                   "algorithm.overlong_cache_len=4", "algorithm.max_gen_rounds=4", "trainer.mixed_precision=no",
+                   "reward.functions=[{name: 'tests.reward_fns:by_kind', weight: 1.0}]"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    # The same prompt sampler, replayed: how many rounds each step needed and what it dropped.
+    from grpo_trainer.data import PromptSampler
+
+    sampler, expect = PromptSampler(len(kinds), seed=0), []
+    for _ in range(2):
+        kept = rounds = filtered = 0
+        while True:
+            rounds += 1
+            batch = sampler.next_batch(2)
+            kept += sum(kinds[i] == "mixed" for i in batch)
+            filtered += sum(kinds[i] != "mixed" for i in batch)
+            if kept >= 2 or rounds >= 4:
+                break
+        expect.append((rounds, filtered))
+    assert [(r["dynamic/gen_rounds"], r["dynamic/filtered_groups"]) for r in rows] == expect
+    assert sum(f for _, f in expect) > 0
