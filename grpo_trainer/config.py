@@ -54,6 +54,8 @@ class DataConfig:
     instruction: Optional[str] = None  # None: grpo_trainer.data.DEFAULT_INSTRUCTION
     system_prompt: Optional[str] = None
     max_prompt_length: int = 256
+    # Held-out set for trainer.eval_every: None uses `source` with split "test".
+    eval_source: Optional[str] = None
 
 
 @dataclass
@@ -141,6 +143,8 @@ class TrainerConfig:
     log_samples_every: int = 5
     num_log_samples: int = 2
     torch_threads: int = 0  # 0: every core
+    eval_every: int = 0  # >0: greedy pass@1 on held-out problems every N steps (and at the end)
+    eval_examples: int = 64
     # Autocast for the policy's forward/backward; master weights and optimizer stay in model.dtype.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -166,10 +170,11 @@ _RANGES = [
      "data.max_prompt_length rollout.num_generations rollout.max_completion_length algorithm.num_iterations "
      "algorithm.num_mini_batches algorithm.max_gen_rounds "
      "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
+     "trainer.eval_examples "
      "trainer.keep_last"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
-     "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads"),
+     "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every"),
     ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
      "trainer.learning_rate trainer.max_grad_norm"),
     ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay "

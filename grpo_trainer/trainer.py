@@ -59,6 +59,11 @@ class GRPOTrainer:
             cfg.data.max_prompt_length)
         if dropped:
             log.warning("dropped %d prompts longer than data.max_prompt_length=%d", dropped, cfg.data.max_prompt_length)
+        self.eval_examples = []
+        if t.eval_every > 0:
+            self.eval_examples = load_examples(cfg.data.eval_source or cfg.data.source, "test", t.eval_examples,
+                                               cfg.data.seed, cfg.data.difficulty, cfg.data.question_key,
+                                               cfg.data.answer_key)
         self.sampler = PromptSampler(len(self.examples), seed=cfg.data.seed, rank=acc.process_index,
                                      world_size=acc.num_processes)
 
@@ -111,6 +116,9 @@ class GRPOTrainer:
             while self.step < cfg.trainer.max_steps:
                 self.step += 1
                 metrics = self.train_step()
+                if self.eval_examples and (self.step % cfg.trainer.eval_every == 0
+                                           or self.step == cfg.trainer.max_steps):
+                    metrics.update(self.evaluate())
                 self.logger.log(self.step, metrics)
                 if self._should_save():
                     self.save()
@@ -270,6 +278,26 @@ class GRPOTrainer:
         if a.ref_reset_every and self.ref is not None and self.step % a.ref_reset_every == 0:
             # Iterative GRPO / ProRL: the reference catches up with the policy.
             self.ref.load_state_dict(self.acc.unwrap_model(self.model).state_dict())
+
+    def evaluate(self) -> dict:
+        """Greedy pass@1 of the current policy on the held-out problems, with the rollout engine
+        (it already holds the current weights) and the training verifiers' correctness."""
+        from grpo_trainer.evaluate import evaluate_model
+
+        cfg = self.cfg
+        res = evaluate_model(self.model_path, self.eval_examples, self.tokenizer, k=1, temperature=0.0,
+                             max_tokens=cfg.rollout.max_completion_length,
+                             instruction=cfg.data.instruction or DEFAULT_INSTRUCTION,
+                             system_prompt=cfg.data.system_prompt, max_prompt_length=cfg.data.max_prompt_length,
+                             verifier_specs=self._eval_specs(), seed=cfg.rollout.seed, engine=self.engine,
+                             progress=False)
+        torch.set_num_threads(self.threads)
+        return {"eval/accuracy": res["accuracy"], "eval/format": res.get("format", math.nan)}
+
+    def _eval_specs(self) -> list[dict]:
+        """The recipe's correctness verifiers (gsm8k / math), else gsm8k strict."""
+        specs = [f for f in self.cfg.reward.functions if f["name"] in ("gsm8k", "math")]
+        return specs[:1] or [{"name": "gsm8k", "weight": 1.0, "kwargs": {"mode": "strict"}}]
 
     def sync_weights(self) -> None:
         """Push the policy's weights into this process's rollout engine."""

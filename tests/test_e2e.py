@@ -40,11 +40,13 @@ def read_metrics(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_steps_checkpoint_and_resume(tiny_llama: Path, tmp_path: Path):
     run = tmp_path / "run"
-    proc = launch(["--recipe", str(REPO / "recipes/quickstart.yaml"), *tiny_overrides(tiny_llama, run, 2)])
+    proc = launch(["--recipe", str(REPO / "recipes/quickstart.yaml"), *tiny_overrides(tiny_llama, run, 2),
+                   "trainer.eval_every=2", "trainer.eval_examples=4"])
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
+    assert "eval/accuracy" not in rows[0] and 0.0 <= rows[1]["eval/accuracy"] <= 1.0  # held-out eval at step 2
     for r in rows:
         for key in ("reward/mean", "train/loss", "train/grad_norm", "train/entropy", "time/rollout", "time/train",
                     "time/sync", "completion/len_mean", "groups/zero_variance_frac"):

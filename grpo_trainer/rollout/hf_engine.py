@@ -32,9 +32,8 @@ class HFEngine(RolloutEngine):
         was_training = self.policy.training
         self.policy.eval()
         out = self.policy.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
-            temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else None, max_new_tokens=sampling.max_tokens,
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), **_sampling_kwargs(sampling),
+            max_new_tokens=sampling.max_tokens,
             num_return_sequences=G, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
             output_scores=True, return_dict_in_generate=True)
         self.policy.train(was_training)
@@ -53,3 +52,10 @@ class HFEngine(RolloutEngine):
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         pass  # generates with the live policy
+
+
+def _sampling_kwargs(sampling: SamplingConfig) -> dict:
+    if sampling.temperature == 0:  # greedy, as vLLM reads temperature 0
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "top_k": sampling.top_k if sampling.top_k > 0 else None}
