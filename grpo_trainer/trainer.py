@@ -20,9 +20,10 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from grpo_trainer import algo
-from grpo_trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
+from grpo_trainer.faults import NonFiniteGuard, kill_point
 from grpo_trainer.forward import completion_logprobs, pack, plan_micro_batches
 from grpo_trainer.metrics import MetricsLogger, PhaseTimer
 from grpo_trainer.models import load_causal_lm, load_tokenizer, resolve_model_path
@@ -89,6 +90,10 @@ class GRPOTrainer:
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         torch.set_num_threads(self.threads)  # engines lower it for serving
         self.step = 0
+        self.guard = NonFiniteGuard(t.max_bad_steps)
+        # Everything besides model/optimizer/scheduler/RNG (accelerate's) that the next step depends
+        # on: each has state_dict()/load_state_dict() and is saved in trainer_state.json.
+        self.stateful = {"sampler": self.sampler, "guard": self.guard}
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict]:
@@ -97,6 +102,8 @@ class GRPOTrainer:
         if resume_from is not None:
             self._resume(resume_from)
         elif acc.is_main_process:
+            if cfg.trainer.overwrite:
+                clear_run(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         if self.step >= cfg.trainer.max_steps:
@@ -107,7 +114,10 @@ class GRPOTrainer:
             while self.step < cfg.trainer.max_steps:
                 self.step += 1
                 metrics = self.train_step()
+                metrics.update(self.guard.end_step(self.step))
                 self.logger.log(self.step, metrics)
+                self.guard.raise_if_exhausted(self.step)
+                kill_point("step", self.step)
                 if self._should_save():
                     self.save()
         finally:
@@ -234,7 +244,8 @@ class GRPOTrainer:
                 sums["clip_low"] += stats["clip_frac_low"].item() * n_tok
                 sums["clip_high"] += stats["clip_frac_high"].item() * n_tok
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.trainer.max_grad_norm)
-            self.optimizer.step()
+            if self.guard.check(acc, sums["loss"], grad_norm):  # NaN/inf: the weights stay untouched
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
@@ -277,14 +288,16 @@ class GRPOTrainer:
         return self.step == self.cfg.trainer.max_steps or (every > 0 and self.step % every == 0)
 
     def save(self) -> Path:
-        state = {"step": self.step, "sampler": self.sampler.state_dict(),
-                 "model_name_or_path": self.cfg.model.name_or_path}
+        state = {"step": self.step, "model_name_or_path": self.cfg.model.name_or_path,
+                 **{name: obj.state_dict() for name, obj in self.stateful.items()}}
         return save_checkpoint(self.acc, self.model, self.tokenizer, self.run_dir, self.step, state,
                                self.cfg.trainer.keep_last)
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(self.acc, path)
         self.step = int(state["step"])
-        self.sampler.load_state_dict(state["sampler"])
+        for name, obj in self.stateful.items():
+            if name in state:
+                obj.load_state_dict(state[name])
         self.sync_weights()  # the engine started from the base weights
         log.info("resumed from %s at step %d", path, self.step)
