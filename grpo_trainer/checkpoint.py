@@ -88,15 +88,17 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
                     trainer_state: dict, keep_last: int) -> Path:
     """Collective: every process must call it. Returns the final checkpoint directory.
 
-    An OSError while writing (ENOSPC, EACCES, ...) removes the partial temporary directory and
-    raises CheckpointError on every process; nothing that existed before is modified."""
+    A failure while writing (ENOSPC, EACCES, ...) removes the partial temporary directory and
+    raises CheckpointError on every process; nothing that existed before is modified. Any
+    exception counts: the writers wrap the OS error (safetensors: SafetensorError, torch.save:
+    RuntimeError)."""
     import torch
 
     from grpo_trainer.faults import kill_point
 
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(".tmp-" + final.name)
-    error: OSError | None = None
+    error: Exception | None = None
     try:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -115,7 +117,7 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
             (tmp / MARKER).write_text(f"{step}\n")
             _fsync_tree(tmp)
             kill_point("save_marker", step)
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - re-raised below as CheckpointError, on every process
         error = exc
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -123,10 +125,12 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
     failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum").item()
     if failed:
         latest = latest_checkpoint(output_dir)
-        why = f"{error.strerror or error}" if error is not None else "another process failed to write"
+        why = ("another process failed to write" if error is None else
+               error.strerror if isinstance(error, OSError) and error.strerror else
+               f"{type(error).__name__}: {' '.join(str(error).split())[:200]}")
         raise CheckpointError(
             f"could not save {final.name} in {output_dir} ({why}): free disk space or fix permissions, then "
-            f"resume=auto; the previous checkpoint ({latest.name if latest else 'none'}) is intact")
+            f"resume=auto; the previous checkpoint ({latest.name if latest else 'none'}) is intact") from error
     if accelerator.is_main_process:
         _publish(tmp, final)
         kill_point("save_prune", step)
