@@ -3,11 +3,15 @@
 Layout of `<output_dir>/checkpoint-000012/`:
     model/              HF format (config, safetensors, tokenizer): loadable by transformers and vLLM
     state/              accelerate state: model, optimizer, scheduler, every process's RNG
-    trainer_state.json  step, data sampler position, anything else the loop needs to continue
+    trainer_state.json  step, and the state_dict() of each of the trainer's `stateful` parts
+                        (data sampler position, non-finite guard, ...)
     COMPLETE            written last; a directory without it is never loaded
 
-A save writes into `.tmp-checkpoint-000012/`, fsyncs, then renames: the rename is atomic, so a
-kill mid-save leaves either the old set of checkpoints or the new one, never a torn directory.
+A save writes into `.tmp-checkpoint-000012/`, fsyncs, then renames (and fsyncs the parent): the
+rename is atomic, so a kill mid-save leaves either the old set of checkpoints or the new one, never
+a torn directory; the next save removes the leftover `.tmp-*`. Pruning runs only after the new
+checkpoint is published, so the newest complete one is never deleted. A failed write (disk full,
+permissions) raises CheckpointError and leaves every existing checkpoint as it was.
 """
 
 from __future__ import annotations

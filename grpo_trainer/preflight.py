@@ -12,8 +12,10 @@ from pathlib import Path
 from grpo_trainer.checkpoint import list_checkpoints, resolve_resume
 from grpo_trainer.config import DEFAULT_DIFF_IGNORE, Config, ConfigError, config_diff, load_config
 
+# Where the run lives is not what it is: a run directory may be moved, then resumed.
+SAME_RUN_IGNORE = DEFAULT_DIFF_IGNORE + ("trainer.output_dir",)
 # Keys that do not change what a step computes: a resumed run may change them.
-RESUME_MAY_CHANGE = DEFAULT_DIFF_IGNORE + (
+RESUME_MAY_CHANGE = SAME_RUN_IGNORE + (
     "trainer.save_every", "trainer.keep_last", "trainer.log_samples_every", "trainer.num_log_samples",
     "trainer.torch_threads", "trainer.max_bad_steps")
 
@@ -56,7 +58,7 @@ def check_output_dir(cfg: Config) -> None:
         return
     if cfg.trainer.overwrite or not run.is_dir():
         return
-    diff = _differences(saved, cfg, DEFAULT_DIFF_IGNORE) if saved.is_file() else []
+    diff = _differences(saved, cfg, SAME_RUN_IGNORE) if saved.is_file() else []
     checkpoints = list_checkpoints(run)
     if diff:
         raise ConfigError(f"{where} holds another run with a different config (differs in: "

@@ -164,3 +164,18 @@ def test_resume_from_a_path_that_is_not_a_checkpoint(tmp_path, out):
 
 def test_resume_and_overwrite_contradict(out):
     one_error(cli(f"trainer.output_dir={out}", "resume=auto", "trainer.overwrite=true"), "contradict")
+
+
+def test_moved_run_resumes_and_overwrite_is_allowed(tmp_path):
+    from grpo_trainer.config import load_config
+    from grpo_trainer.preflight import check_output_dir
+
+    old = tmp_path / "old"
+    _previous_run(old)
+    moved = tmp_path / "moved"
+    old.rename(moved)
+    check_output_dir(load_config(QUICKSTART, [f"trainer.output_dir={moved}", "resume=auto"]))
+    check_output_dir(load_config(QUICKSTART, [f"trainer.output_dir={moved}", "trainer.overwrite=true"]))
+    # Keys that do not change what a step computes may change on resume.
+    check_output_dir(load_config(QUICKSTART, [f"trainer.output_dir={moved}", "resume=auto", "trainer.save_every=5",
+                                              "trainer.max_steps=40"]))

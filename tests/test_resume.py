@@ -28,7 +28,7 @@ from grpo_trainer.checkpoint import list_checkpoints
 REPO = Path(__file__).resolve().parents[1]
 
 DRIVER = r"""
-import json, os, sys, traceback
+import json, os, resource, sys, traceback
 import grpo_trainer.trainer  # the heavy imports, once; every run forks from here
 from grpo_trainer.train import main
 print("ready", flush=True)
@@ -37,6 +37,8 @@ for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
         os.environ.update(job["env"])
+        if job["fsize"]:  # writes past this many bytes fail with EFBIG, as on a full disk
+            resource.setrlimit(resource.RLIMIT_FSIZE, (job["fsize"], resource.RLIM_INFINITY))
         fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -63,10 +65,11 @@ class Forker:
         assert self.proc.stdout.readline().strip() == "ready"
         self.tmp, self.n = tmp, 0
 
-    def start(self, argv: list[str], env: dict | None = None) -> int:
+    def start(self, argv: list[str], env: dict | None = None, fsize: int = 0) -> int:
         self.n += 1
         self.log = self.tmp / f"run{self.n}.log"
-        self.proc.stdin.write(json.dumps({"argv": argv, "env": env or {}, "log": str(self.log)}) + "\n")
+        job = {"argv": argv, "env": env or {}, "log": str(self.log), "fsize": fsize}
+        self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         return int(self.proc.stdout.readline())
 
@@ -74,8 +77,8 @@ class Forker:
         """Exit code of the run started last; -9 when it was SIGKILLed."""
         return int(self.proc.stdout.readline())
 
-    def run(self, argv: list[str], env: dict | None = None) -> int:
-        self.start(argv, env)
+    def run(self, argv: list[str], env: dict | None = None, fsize: int = 0) -> int:
+        self.start(argv, env, fsize)
         return self.wait()
 
     def close(self) -> None:
@@ -226,3 +229,18 @@ def test_exact_resume_with_vllm(forker, tiny, tmp_path):
     assert forker.run(argv(tiny, killed, 4, "resume=auto", backend="vllm")) == 0, forker.log.read_text()[-3000:]
     assert "resumed from" in forker.log.read_text() and "at step 2" in forker.log.read_text()
     same_run(straight, killed, 4)
+
+
+@pytest.mark.slow
+def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(forker, tiny, reference, tmp_path):
+    ref, _ = reference
+    run = tmp_path / "moved"
+    shutil.copytree(ref, run)  # a run directory moved elsewhere still resumes (output_dir is not compared)
+    before = {p: p.read_bytes() for p in (run / "checkpoint-000006").rglob("*") if p.is_file()}
+    # Step 7's save fails: model.safetensors alone is 26 MB, over the 20 MB file-size limit.
+    assert forker.run(argv(tiny, run, 7, "resume=auto"), fsize=20_000_000) == 1, forker.log.read_text()[-3000:]
+    last = forker.log.read_text().strip().splitlines()[-1]
+    assert last.startswith("error: could not save checkpoint-000007") and "File too large" in last, last
+    assert "the previous checkpoint (checkpoint-000006) is intact" in last
+    assert [s for s, _ in list_checkpoints(run)] == [5, 6] and not list(run.glob(".tmp-*"))
+    assert {p: p.read_bytes() for p in (run / "checkpoint-000006").rglob("*") if p.is_file()} == before
