@@ -147,6 +147,10 @@ class TrainerConfig:
     eval_examples: int = 64
     # Autocast for the policy's forward/backward; master weights and optimizer stay in model.dtype.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # Consecutive steps with a non-finite loss or gradient norm (each skipped) before the run stops.
+    max_bad_steps: int = 3
+    # Start fresh in an output_dir that holds another run (its checkpoints and logs are deleted).
+    overwrite: bool = False
 
 
 @dataclass
@@ -171,7 +175,7 @@ _RANGES = [
      "algorithm.num_mini_batches algorithm.max_gen_rounds "
      "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
      "trainer.eval_examples "
-     "trainer.keep_last"),
+     "trainer.keep_last trainer.max_bad_steps"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
      "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every"),
@@ -499,13 +503,14 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-DEFAULT_DIFF_IGNORE = ("resume", "trainer.max_steps")
+DEFAULT_DIFF_IGNORE = ("resume", "trainer.max_steps", "trainer.overwrite")
 
 
 def config_diff(a: Config, b: Config, ignore: Iterable[str] = DEFAULT_DIFF_IGNORE) -> list[str]:
     """Dotted keys whose values differ, in field order, e.g. ["algorithm.beta",
     "reward.functions[1].weight"]; a list of another length is one key. `ignore` drops a key and
-    everything under it; by default what may change on resume (resume, trainer.max_steps)."""
+    everything under it; by default what may change on resume (resume, trainer.max_steps,
+    trainer.overwrite)."""
     ignore = tuple(ignore)
     out: list[str] = []
     _diff(a.to_dict(), b.to_dict(), "", out)

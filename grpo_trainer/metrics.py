@@ -48,9 +48,10 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
-        # A resumed run rewrites the steps after its checkpoint; keep the rows before it.
+        # A resumed run rewrites the steps after its checkpoint; keep the rows up to it (a fresh run: none).
         self.history = [row for row in _read_jsonl(self.metrics_path) if row.get("step", 0) <= start_step]
         _write_jsonl(self.metrics_path, self.history)
+        _write_jsonl(self.samples_path, [r for r in _read_jsonl(self.samples_path) if r.get("step", 0) <= start_step])
         self.bar = tqdm(total=max_steps, initial=start_step, desc="GRPO", unit="step", dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict) -> None:

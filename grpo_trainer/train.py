@@ -1,10 +1,15 @@
 """Command line: `accelerate launch [--config_file configs/accelerate/cpu.yaml] -m grpo_trainer.train
---recipe recipes/quickstart.yaml [section.key=value ...] [--resume auto|PATH]`."""
+--recipe recipes/quickstart.yaml [section.key=value ...] [--resume auto|PATH]`.
+
+Exit codes: 0 done (or the run had already finished); 2 bad input (recipe, data, model path,
+output directory), told in one `error: ...` line on stderr before any model is loaded; 1 the run
+stopped on a fault (repeated non-finite updates, a checkpoint that could not be written)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import sys
 
@@ -20,29 +25,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _error(exc: BaseException, code: int) -> int:
+    if os.environ.get("GRPO_TRAINER_DEBUG"):
+        raise exc
+    print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the message
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Warnings from the checks below (e.g. "skipped 3 rows") are held back until they pass, so
+    # that a bad input prints exactly one line.
+    held = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+    root = logging.getLogger()
+    root.addHandler(held)
+    overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
+    try:
+        cfg = load_config(args.recipe, overrides)
+        from grpo_trainer.preflight import preflight
+
+        preflight(cfg)
+    except ConfigError as exc:
+        return _error(exc, 2)
+    finally:
+        root.removeHandler(held)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("vllm", "httpx", "datasets", "accelerate.utils.other"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
-    try:
-        cfg = load_config(args.recipe, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for record in held.buffer:
+        if record.levelno >= logging.WARNING:
+            logging.getLogger(record.name).handle(record)
     # Imported after the config is known good: torch/vLLM start-up takes seconds.
+    from grpo_trainer.checkpoint import CheckpointError
+    from grpo_trainer.faults import TrainingAborted
     from grpo_trainer.trainer import GRPOTrainer
 
     try:
         trainer = GRPOTrainer(cfg)
         trainer.train()
     except (ValueError, FileNotFoundError) as exc:
-        if os.environ.get("GRPO_TRAINER_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc, 2)
+    except (TrainingAborted, CheckpointError) as exc:
+        return _error(exc, 1)
     return 0
 
 

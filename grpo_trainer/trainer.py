@@ -20,9 +20,10 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from grpo_trainer import algo
-from grpo_trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
+from grpo_trainer.faults import NonFiniteGuard, kill_point
 from grpo_trainer.metrics import MetricsLogger, PhaseTimer
 from grpo_trainer.models import load_causal_lm, load_tokenizer, resolve_model_path
 from grpo_trainer.rewards import build_reward_fn
@@ -93,11 +94,16 @@ class GRPOTrainer:
             gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         torch.set_num_threads(self.threads)  # engines lower it for serving
+        self.guard = NonFiniteGuard(t.max_bad_steps)
         self.updater = PolicyUpdater(acc, self.model, self.optimizer, self.ref, self.tokenizer.pad_token_id, a,
-                                     r.temperature, t.micro_batch_size, t.max_grad_norm, r.max_completion_length)
+                                     r.temperature, t.micro_batch_size, t.max_grad_norm, r.max_completion_length,
+                                     guard=self.guard)
         self.step = 0
         self.beta = a.beta  # adapted when algorithm.kl_target is set
         self._reward_kl = None
+        # Everything besides model/optimizer/scheduler/RNG (accelerate's) that the next step depends
+        # on: each has state_dict()/load_state_dict() and is saved in trainer_state.json.
+        self.stateful = {"sampler": self.sampler, "guard": self.guard}
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict]:
@@ -106,6 +112,8 @@ class GRPOTrainer:
         if resume_from is not None:
             self._resume(resume_from)
         elif acc.is_main_process:
+            if cfg.trainer.overwrite:
+                clear_run(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         if self.step >= cfg.trainer.max_steps:
@@ -119,7 +127,10 @@ class GRPOTrainer:
                 if self.eval_examples and (self.step % cfg.trainer.eval_every == 0
                                            or self.step == cfg.trainer.max_steps):
                     metrics.update(self.evaluate())
+                metrics.update(self.guard.end_step(self.step))
                 self.logger.log(self.step, metrics)
+                self.guard.raise_if_exhausted(self.step)
+                kill_point("step", self.step)
                 if self._should_save():
                     self.save()
         finally:
@@ -143,6 +154,7 @@ class GRPOTrainer:
                 else torch.ones(len(batch.truncated), dtype=torch.bool))
             with timer("train"):
                 metrics = self.updater.run(step_batch, self.beta)
+                self.scheduler.step()
             self._after_update(metrics)
             with timer("sync"):
                 self.sync_weights()
@@ -299,6 +311,7 @@ class GRPOTrainer:
         specs = [f for f in self.cfg.reward.functions if f["name"] in ("gsm8k", "math")]
         return specs[:1] or [{"name": "gsm8k", "weight": 1.0, "kwargs": {"mode": "strict"}}]
 
+
     def sync_weights(self) -> None:
         """Push the policy's weights into this process's rollout engine."""
         self.engine.load_weights(iter_full_weights(self.acc.unwrap_model(self.model)))
@@ -326,15 +339,17 @@ class GRPOTrainer:
         return self.step == self.cfg.trainer.max_steps or (every > 0 and self.step % every == 0)
 
     def save(self) -> Path:
-        state = {"step": self.step, "sampler": self.sampler.state_dict(), "beta": self.beta,
-                 "model_name_or_path": self.cfg.model.name_or_path}
+        state = {"step": self.step, "model_name_or_path": self.cfg.model.name_or_path, "beta": self.beta,
+                 **{name: obj.state_dict() for name, obj in self.stateful.items()}}
         return save_checkpoint(self.acc, self.model, self.tokenizer, self.run_dir, self.step, state,
                                self.cfg.trainer.keep_last)
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(self.acc, path)
         self.step = int(state["step"])
-        self.sampler.load_state_dict(state["sampler"])
+        for name, obj in self.stateful.items():
+            if name in state:
+                obj.load_state_dict(state[name])
         self.beta = float(state.get("beta", self.cfg.algorithm.beta))
         self.sync_weights()  # the engine started from the base weights
         log.info("resumed from %s at step %d", path, self.step)

@@ -50,8 +50,8 @@ def _padded(rows_values: list[list[float]], rows: list[int], width: int, device)
 
 class PolicyUpdater:
     def __init__(self, acc, model, optimizer, ref, pad_id: int, algorithm, temperature: float,
-                 micro_batch_size: int, max_grad_norm: float, max_completion_length: int):
-        self.acc, self.model, self.optimizer, self.ref = acc, model, optimizer, ref
+                 micro_batch_size: int, max_grad_norm: float, max_completion_length: int, guard=None):
+        self.acc, self.model, self.optimizer, self.ref, self.guard = acc, model, optimizer, ref, guard
         self.pad_id, self.a, self.temperature = pad_id, algorithm, temperature
         self.micro_batch_size, self.max_grad_norm, self.max_len = micro_batch_size, max_grad_norm, max_completion_length
 
@@ -100,7 +100,9 @@ class PolicyUpdater:
             for mini in minis:
                 drift = self._step(mini, adv, batch, beta, sums)
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-                self.optimizer.step()
+                # A non-finite loss or gradient (on any process) leaves the weights untouched.
+                if self.guard is None or self.guard.check(acc, sums["loss"], grad_norm):
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if a.target_kl is not None and need_old:
                     kl_sum, tok = self._sum(*drift)

@@ -1,0 +1,104 @@
+"""Checks of a run's inputs made before anything heavy is imported or loaded, so that a mistake in
+a recipe, a dataset path or an output directory is told in one line within a second, and nothing
+on disk is written over.
+
+Each check raises ConfigError (a ValueError) whose message names the problem and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from grpo_trainer.checkpoint import list_checkpoints, resolve_resume
+from grpo_trainer.config import DEFAULT_DIFF_IGNORE, Config, ConfigError, config_diff, load_config
+
+# Where the run lives is not what it is: a run directory may be moved, then resumed.
+SAME_RUN_IGNORE = DEFAULT_DIFF_IGNORE + ("trainer.output_dir",)
+# Keys that do not change what a step computes: a resumed run may change them.
+RESUME_MAY_CHANGE = SAME_RUN_IGNORE + (
+    "trainer.save_every", "trainer.keep_last", "trainer.log_samples_every", "trainer.num_log_samples",
+    "trainer.torch_threads", "trainer.max_bad_steps")
+
+
+def preflight(cfg: Config) -> None:
+    check_output_dir(cfg)
+    check_data(cfg)
+    check_model(cfg)
+
+
+def _differences(saved: Path, cfg: Config, ignore: tuple[str, ...]) -> list[str]:
+    try:
+        return config_diff(load_config(saved), cfg, ignore=ignore)
+    except ConfigError:  # written by another version of the trainer, or edited by hand
+        return [f"{saved.name} (unreadable by this version)"]
+
+
+def check_output_dir(cfg: Config) -> None:
+    run = Path(cfg.trainer.output_dir)
+    where = f"trainer.output_dir={str(run)!r}"
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"{where} is a file: pass a directory")
+    if cfg.resume is not None and cfg.trainer.overwrite:
+        raise ConfigError(f"resume={cfg.resume!r} and trainer.overwrite=true contradict each other: "
+                          "pass one of them")
+    if cfg.resume not in (None, "auto"):
+        try:
+            path = resolve_resume(cfg.resume, run)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+        saved = path.parent / "config.yaml"
+    else:
+        saved = run / "config.yaml"
+    if cfg.resume is not None:  # a resumed run must be the same run
+        diff = _differences(saved, cfg, RESUME_MAY_CHANGE) if saved.is_file() else []
+        if diff:
+            raise ConfigError(f"cannot resume: the run in {str(saved.parent)!r} was made with a different "
+                              f"config (differs in: {', '.join(diff[:6])}); restore those values, or start "
+                              "fresh with trainer.overwrite=true or another trainer.output_dir")
+        return
+    if cfg.trainer.overwrite or not run.is_dir():
+        return
+    diff = _differences(saved, cfg, SAME_RUN_IGNORE) if saved.is_file() else []
+    checkpoints = list_checkpoints(run)
+    if diff:
+        raise ConfigError(f"{where} holds another run with a different config (differs in: "
+                          f"{', '.join(diff[:6])}); pass trainer.overwrite=true to replace it, resume=auto to "
+                          "continue it, or another trainer.output_dir")
+    if checkpoints:
+        raise ConfigError(f"{where} already holds checkpoints of this run (newest: step {checkpoints[-1][0]}); "
+                          "pass resume=auto to continue it, trainer.overwrite=true to start over, or another "
+                          "trainer.output_dir")
+
+
+def check_data(cfg: Config) -> None:
+    """Local files only: reading them is cheap, and hub datasets are checked when loaded."""
+    d = cfg.data
+    if d.source == "synthetic" or not (os.path.exists(d.source) or d.source.endswith((".jsonl", ".json",
+                                                                                        ".parquet"))):
+        return
+    from grpo_trainer.data import load_examples
+
+    try:
+        examples = load_examples(d.source, d.split, d.num_examples, d.seed, d.difficulty, d.question_key,
+                                 d.answer_key)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"data.source={d.source!r} cannot be read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"data.source: {exc}") from None
+    if len(examples) < cfg.trainer.prompts_per_step:
+        raise ConfigError(f"data.source={d.source!r} has {len(examples)} usable examples, fewer than "
+                          f"trainer.prompts_per_step={cfg.trainer.prompts_per_step}: add data or lower it")
+
+
+def check_model(cfg: Config) -> None:
+    """A local path that does not exist or is not a checkpoint (hub ids are resolved when loaded)."""
+    name = cfg.model.name_or_path
+    local = name.startswith((".", "/", "~")) or name.count("/") != 1
+    from grpo_trainer.models import BUNDLED, resolve_model_path  # imports torch: ~3 s
+
+    if name in BUNDLED or not (local or Path(name).expanduser().exists()):
+        return
+    try:
+        resolve_model_path(name)
+    except ValueError as exc:
+        raise ConfigError(f"model.name_or_path: {exc}") from None
