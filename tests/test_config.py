@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 TRAINER_KEYS = ("output_dir, max_steps, prompts_per_step, micro_batch_size, learning_rate, lr_scheduler, "
                 "warmup_steps, weight_decay, adam_beta1, adam_beta2, max_grad_norm, seed, save_every, keep_last, "
-                "log_samples_every, num_log_samples, torch_threads, mixed_precision, max_bad_steps, overwrite")
+                "log_samples_every, num_log_samples, torch_threads, eval_every, eval_examples, mixed_precision, max_bad_steps, overwrite")
 TOP_KEYS = "model, data, rollout, algorithm, reward, trainer, resume"
 
 
@@ -364,7 +364,9 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
                            "name_or_path, dtype, trust_remote_code, gradient_checkpointing"),
     ("algorithm.eps=0.2", "unknown key 'algorithm.eps' (did you mean 'algorithm.eps_low'?); valid keys in algorithm: "
                           "advantage, scale, loss_agg, eps_low, eps_high, dual_clip_c, beta, kl_estimator, "
-                          "num_iterations, entropy_coef"),
+                          "kl_mode, kl_target, ref_reset_every, softmax_beta, reinforce_baseline, num_iterations, "
+                          "num_mini_batches, target_kl, tis_cap, entropy_coef, dynamic_sampling, max_gen_rounds, "
+                          "overlong_filter, overlong_penalty, overlong_cache_len, overlong_penalty_factor"),
 ])
 def test_unknown_keys(override, expected):
     assert error(None, [override]) == expected
@@ -529,9 +531,14 @@ def test_diff_of_equal_configs_is_empty():
     assert config_diff(load_config(QUICKSTART), load_config(QUICKSTART)) == []
 
 
+# A fixed starting point (the recipes evolve): gsm8k strict + format at weight 0.5.
+DIFF_BASE = ["reward.functions=[{name: gsm8k, weight: 1.0, kwargs: {mode: strict}}, "
+             "{name: format, weight: 0.5, kwargs: {style: gsm8k}}]"]
+
+
 def test_diff_lists_dotted_keys_in_field_order_and_ignores_resume_and_max_steps():
-    a = load_config(QUICKSTART)
-    b = load_config(QUICKSTART, ["trainer.max_steps=40", "resume=auto", "algorithm.beta=0.04",
+    a = load_config(None, DIFF_BASE)
+    b = load_config(None, DIFF_BASE + ["trainer.max_steps=40", "resume=auto", "algorithm.beta=0.04",
                                  "reward.functions=[{name: gsm8k, weight: 1.0, kwargs: {mode: flexible}}, "
                                  "{name: format, weight: 0.2, kwargs: {style: gsm8k}}]", "model.dtype=bfloat16"])
     assert config_diff(a, b) == ["model.dtype", "algorithm.beta", "reward.functions[0].kwargs.mode",
@@ -541,8 +548,8 @@ def test_diff_lists_dotted_keys_in_field_order_and_ignores_resume_and_max_steps(
 
 
 def test_diff_ignore_drops_a_key_and_what_lies_under_it_only():
-    a = load_config(QUICKSTART)
-    b = load_config(QUICKSTART, ["algorithm.beta=0.04", "reward.timeout_s=2", "trainer.max_steps=40",
+    a = load_config(None, DIFF_BASE)
+    b = load_config(None, DIFF_BASE + ["algorithm.beta=0.04", "reward.timeout_s=2", "trainer.max_steps=40",
                                  "reward.functions=[{name: gsm8k, weight: 1.0, kwargs: {mode: strict}}, "
                                  "{name: format, weight: 0.2, kwargs: {style: gsm8k}}]"])
     assert config_diff(a, b, ignore=["reward.functions"]) == ["algorithm.beta", "reward.timeout_s",
