@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 # The columns of the one-line console summary per step, in order.
 CONSOLE = [("reward/mean", "reward"), ("reward/accuracy", "acc"), ("reward/format", "fmt"),
            ("completion/len_mean", "len"), ("train/kl", "kl"), ("train/entropy", "ent"),
-           ("time/step", "s")]
+           ("eval/accuracy", "eval_acc"), ("time/step", "s")]
 
 
 class PhaseTimer:
@@ -79,7 +79,8 @@ class MetricsLogger:
             return "no steps logged"
         k = max(1, len(rows) // 4)
         lines = [f"steps {rows[0]['step']}..{rows[-1]['step']}  (mean of first {k} vs last {k} steps)"]
-        for key in ("reward/mean", "reward/accuracy", "reward/format", "completion/len_mean", "time/step"):
+        for key in ("reward/mean", "reward/accuracy", "reward/format", "completion/len_mean", "eval/accuracy",
+                    "time/step"):
             first = [r[key] for r in rows[:k] if isinstance(r.get(key), (int, float))]
             last = [r[key] for r in rows[-k:] if isinstance(r.get(key), (int, float))]
             if first and last:
