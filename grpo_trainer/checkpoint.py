@@ -1,7 +1,9 @@
 """Checkpoints that survive a crash at any moment, and finding the one to resume from.
 
 Layout of `<output_dir>/checkpoint-000012/`:
-    model/              HF format (config, safetensors, tokenizer): loadable by transformers and vLLM
+    model/              HF format (config, safetensors, tokenizer): loadable by transformers and vLLM;
+                        with LoRA these are the merged weights (base + adapter)
+    adapter/            LoRA only: the peft adapter (PeftModel.from_pretrained(base, adapter/))
     state/              accelerate state: model, optimizer, scheduler, every process's RNG
     trainer_state.json  step, data sampler position, anything else the loop needs to continue
     COMPLETE            written last; a directory without it is never loaded
@@ -18,6 +20,9 @@ import os
 import re
 import shutil
 from pathlib import Path
+
+from grpo_trainer.lora import is_peft
+from grpo_trainer.rollout.weights import iter_full_weights
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +91,14 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "state"))
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards (collective)
+    unwrapped = accelerator.unwrap_model(model)
+    merged = _merged_weights(accelerator, unwrapped) if is_peft(unwrapped) else None  # collective too
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
+        if merged is not None:
+            unwrapped.save_pretrained(tmp / "adapter", state_dict=state_dict)  # keeps only the lora_ tensors
+            unwrapped.get_base_model().save_pretrained(tmp / "model", state_dict=merged, safe_serialization=True)
+        else:
+            unwrapped.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
         _fsync_tree(tmp)
@@ -100,6 +110,15 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
         _prune(output_dir, keep_last)
     accelerator.wait_for_everyone()
     return final
+
+
+def _merged_weights(accelerator, peft_model) -> dict:
+    # Every rank walks the weights (ZeRO-3 gathers are collective); only the main one keeps them.
+    merged = {}
+    for name, tensor in iter_full_weights(peft_model):
+        if accelerator.is_main_process:
+            merged[name] = tensor.detach().to("cpu", copy=True)
+    return merged
 
 
 def _prune(output_dir: str | Path, keep_last: int) -> None:

@@ -9,17 +9,15 @@ micro-batches and processes) so the update does not depend on how the batch is c
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from grpo_trainer import algo
+from grpo_trainer import algo, distributed, lora
 from grpo_trainer.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
@@ -37,8 +35,7 @@ class GRPOTrainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
-        self.acc = acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=t.mixed_precision,
-                                       step_scheduler_with_optimizer=False)
+        self.acc = acc = distributed.make_accelerator(t.mixed_precision, t.micro_batch_size, t.max_grad_norm)
         if t.prompts_per_step % acc.num_processes:
             raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the "
                              f"number of processes ({acc.num_processes})")
@@ -65,12 +62,15 @@ class GRPOTrainer:
         policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
+        policy = lora.wrap(policy, cfg.model.lora, cfg.model.gradient_checkpointing)
         # No reference model at all when beta = 0: it would only cost memory and a forward pass.
+        # With LoRA it is the policy with its adapters off; under ZeRO-3 it is sharded too.
         self.ref = None
         if a.beta > 0:
-            self.ref = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
-            self.ref.requires_grad_(False).eval().to(acc.device)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
+            self.ref = lora.AdapterDisabled(policy) if cfg.model.lora.enabled else distributed.prepare_reference(
+                acc, load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code))
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.learning_rate,
+                                      weight_decay=t.weight_decay,
                                       betas=(t.adam_beta1, t.adam_beta2))
         scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps,
                                   num_training_steps=t.max_steps)
@@ -185,7 +185,7 @@ class GRPOTrainer:
         # A row whose advantage is 0 adds exactly nothing to the gradient when no KL or entropy
         # term is on, so it is left out of the forward/backward (it still counts in the
         # normalisers below). With most groups all-wrong early in training, this is most rows.
-        needs_all = self.ref is not None or a.entropy_coef != 0
+        needs_all = self.ref is not None or a.entropy_coef != 0 or distributed.lockstep(acc)
         active = [i for i in range(len(prompts)) if needs_all or advantages[i] != 0] or [0]
         plan = plan_micro_batches([len(prompts[i]) + len(batch.completion_ids[i]) for i in active],
                                   cfg.trainer.micro_batch_size)
@@ -209,9 +209,8 @@ class GRPOTrainer:
         self.model.train()
         for _ in range(a.num_iterations):
             for k, mb in enumerate(mbs):
-                # DDP all-reduces gradients only on the last micro-batch of the update.
-                sync = contextlib.nullcontext() if k == len(mbs) - 1 else acc.no_sync(self.model)
-                with sync:
+                # Gradients are all-reduced (DDP) or the optimizer stepped (DeepSpeed) only on the last.
+                with distributed.accumulate(acc, self.model, last=k == len(mbs) - 1):
                     logp, entropy = completion_logprobs(self.model, mb, cfg.rollout.temperature, with_entropy=True)
                     old = logp.detach() if old_logps[k] is None else old_logps[k]
                     per_token, stats = algo.clipped_policy_loss(
