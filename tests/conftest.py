@@ -56,3 +56,13 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     return build_tiny_model("qwen2", tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+def pytest_collection_modifyitems(config, items):
+    # `@pytest.mark.gpu` tests need CUDA; without it they are reported as skipped, not failed.
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

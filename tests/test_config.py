@@ -361,7 +361,7 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
     ("trainer.beta=0.1", f"unknown key 'trainer.beta' (did you mean 'algorithm.beta'?); valid keys in trainer: "
                          f"{TRAINER_KEYS}"),
     ("model.dtyp=float32", "unknown key 'model.dtyp' (did you mean 'model.dtype'?); valid keys in model: "
-                           "name_or_path, dtype, trust_remote_code, gradient_checkpointing"),
+                           "name_or_path, dtype, trust_remote_code, gradient_checkpointing, lora"),
     ("algorithm.eps=0.2", "unknown key 'algorithm.eps' (did you mean 'algorithm.eps_low'?); valid keys in algorithm: "
                           "advantage, scale, loss_agg, eps_low, eps_high, dual_clip_c, beta, kl_estimator, "
                           "kl_mode, kl_target, ref_reset_every, softmax_beta, reinforce_baseline, num_iterations, "
@@ -592,9 +592,18 @@ def test_every_field_is_reachable_by_override():
         value = getattr(cfg, section.name)
         if not dataclasses.is_dataclass(value):
             continue
-        for f in dataclasses.fields(value):
-            current = getattr(value, f.name)
-            if isinstance(current, (list, dict)):
-                continue
-            loaded = load_config(None, [f"{section.name}.{f.name}={json.dumps(current)}"])
-            assert getattr(getattr(loaded, section.name), f.name) == current, f.name
+        todo = [(section.name, value)]
+        while todo:  # nested sections (model.lora) too
+            prefix, value = todo.pop()
+            for f in dataclasses.fields(value):
+                current = getattr(value, f.name)
+                if dataclasses.is_dataclass(current):
+                    todo.append((f"{prefix}.{f.name}", current))
+                    continue
+                if isinstance(current, (list, dict)):
+                    continue
+                loaded = load_config(None, [f"{prefix}.{f.name}={json.dumps(current)}"])
+                got = loaded
+                for part in f"{prefix}.{f.name}".split("."):
+                    got = getattr(got, part)
+                assert got == current, f.name

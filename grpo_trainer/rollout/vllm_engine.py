@@ -30,6 +30,11 @@ class VLLMEngine(RolloutEngine):
             dtype = "float32" if dtype == "float16" else dtype  # fp16 kernels are GPU-only
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+                # One engine per training process, each on its own GPU: vLLM's mode for engines
+                # living inside a torchrun-launched job (it reuses the job's ranks, tensor
+                # parallel size 1, so every rank is its own data-parallel replica).
+                kwargs["distributed_executor_backend"] = "external_launcher"
         threads = torch.get_num_threads()
         from vllm import LLM
 

@@ -1,0 +1,107 @@
+"""What differs between one process, DDP and DeepSpeed, kept out of the training loop.
+
+Gradient accumulation under DeepSpeed. accelerate's `backward` hands the loss to the DeepSpeed
+engine, which (a) divides it by the config's `gradient_accumulation_steps` and (b) steps the
+optimizer whenever accelerate's `sync_gradients` flag is set. The trainer cuts each step into a
+number of micro-batches that changes from step to step (rows with zero advantage are skipped), so
+no fixed accumulation count fits. Instead the DeepSpeed config says `gradient_accumulation_steps:
+1` (the loss is never rescaled: the trainer's normalisers are already global) and `accumulate`
+below sets `sync_gradients` to True only for the last micro-batch, which makes accelerate mark
+that backward as the accumulation boundary and run `engine.step()` (clip, optimizer, zero-grad)
+after it and after it only. The other DeepSpeed "auto" values are filled here from the recipe,
+so micro-batch size and clipping are written once, in the recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+
+import torch
+
+
+def make_accelerator(mixed_precision: str, micro_batch_size: int, max_grad_norm: float):
+    """The Accelerator for this launch, DeepSpeed config filled from the recipe.
+
+    Without CUDA: `cpu=True` turns a torchrun-style launch into gloo DDP (MULTI_CPU). Not under
+    DeepSpeed, which accelerate would then silently drop; there DeepSpeed's CPU accelerator keeps
+    everything on the CPU itself, and the process group must be named gloo explicitly, or
+    accelerate takes the run for a single process (num_processes=1 on every rank)."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    on_cpu = not torch.cuda.is_available()
+    ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and ds else []
+    acc = Accelerator(cpu=on_cpu and not ds, mixed_precision=mixed_precision, kwargs_handlers=handlers,
+                      step_scheduler_with_optimizer=False)
+    configure(acc, micro_batch_size, max_grad_norm)
+    return acc
+
+
+def deepspeed_plugin(acc):
+    return getattr(acc.state, "deepspeed_plugin", None)
+
+
+def zero_stage(acc) -> int:
+    """0 without DeepSpeed."""
+    plugin = deepspeed_plugin(acc)
+    return int(plugin.zero_stage) if plugin is not None else 0
+
+
+def configure(acc, micro_batch_size: int, max_grad_norm: float) -> None:
+    """Fill the DeepSpeed config from the recipe; call before `acc.prepare`. No-op without DeepSpeed."""
+    plugin = deepspeed_plugin(acc)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+    ds["gradient_accumulation_steps"] = 1  # the trainer marks the boundary itself (see above)
+    ds["gradient_clipping"] = max_grad_norm
+    if ds.get("train_batch_size") == "auto":
+        ds["train_batch_size"] = micro_batch_size * acc.num_processes
+    # Our optimizer is torch's AdamW, which ZeRO accepts only with this flag.
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    acc.gradient_accumulation_steps = 1
+
+
+def lockstep(acc) -> bool:
+    """ZeRO-3 gathers each layer's weights with collectives inside forward and backward, so
+    every process must run the same number of them: no rank may skip micro-batches."""
+    return zero_stage(acc) == 3
+
+
+@contextlib.contextmanager
+def accumulate(acc, model, last: bool):
+    """Context for one micro-batch's forward/backward: gradients are synchronised (DDP) or the
+    optimizer stepped (DeepSpeed) only when `last`."""
+    if deepspeed_plugin(acc) is not None:
+        acc.gradient_state._set_sync_gradients(last)
+        try:
+            yield
+        finally:
+            acc.gradient_state._set_sync_gradients(True)
+    elif last:
+        yield
+    else:
+        with acc.no_sync(model):
+            yield
+
+
+def prepare_reference(acc, model: torch.nn.Module):
+    """The frozen reference model, placed like the policy: under ZeRO-3 it is sharded across
+    processes too (a DeepSpeed engine with no optimizer), elsewhere it is a full copy per process."""
+    model.requires_grad_(False).eval()
+    if zero_stage(acc) != 3:
+        return model.to(acc.device)
+    import deepspeed
+
+    ds = copy.deepcopy(deepspeed_plugin(acc).deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        ds.pop(key, None)
+    # Nothing to offload or step: only the parameter partitioning of stage 3 is wanted.
+    ds["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
+    engine, *_ = deepspeed.initialize(model=model, config=ds)
+    engine.eval()
+    return engine

@@ -1,0 +1,49 @@
+"""Run by tests/test_distributed.py under `accelerate launch`: build the trainer, apply ONE
+optimizer update to a fixed global rollout batch (each process takes its own groups), and save
+the resulting weights from the main process.
+
+    accelerate launch --config_file CFG tests/one_update.py OUT.pt key=value ...
+
+The batch does not come from sampling, so a 1-process and a 2-process run see exactly the same
+global batch and their weights can be compared."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from grpo_trainer.config import load_config
+from grpo_trainer.rollout import RolloutBatch
+from grpo_trainer.trainer import GRPOTrainer
+
+PROMPTS, G = 4, 2
+
+
+def fixed_batch(trainer: GRPOTrainer) -> tuple[RolloutBatch, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    prompts = [trainer.prompt_ids[i] for i in range(PROMPTS)]
+    lengths = torch.randint(3, 9, (PROMPTS * G,), generator=gen).tolist()
+    completions = [torch.randint(100, 5000, (n,), generator=gen).tolist() for n in lengths]
+    advantages = torch.randn(PROMPTS * G, generator=gen)  # (P*G,) none is 0, so no row is skipped
+    return RolloutBatch(prompts, completions, [[0.0] * n for n in lengths], [False] * len(lengths)), advantages
+
+
+def main() -> None:
+    out, overrides = sys.argv[1], sys.argv[2:]
+    trainer = GRPOTrainer(load_config(None, overrides))
+    acc = trainer.acc
+    batch, advantages = fixed_batch(trainer)
+    local = PROMPTS // acc.num_processes
+    lo, hi = acc.process_index * local, (acc.process_index + 1) * local
+    mine = RolloutBatch(batch.prompt_ids[lo:hi], batch.completion_ids[lo * G:hi * G],
+                        batch.logprobs[lo * G:hi * G], batch.truncated[lo * G:hi * G])
+    metrics = trainer._update(mine, advantages[lo * G:hi * G])
+    state = acc.get_state_dict(trainer.model)
+    if acc.is_main_process:
+        torch.save({"weights": {k: v.detach().cpu().clone() for k, v in state.items()}, "metrics": metrics}, out)
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

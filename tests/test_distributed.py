@@ -1,0 +1,147 @@
+"""Two processes on the CPU through `accelerate launch`: plain DDP (gloo), DeepSpeed ZeRO-2 and
+ZeRO-3, each for 2 GRPO steps on a tiny Llama with the real vLLM engine in every process, LoRA
+on in some; then one optimizer update under 2 processes against the same update in 1 process.
+
+Each 2-process training run costs about a minute here; the first DeepSpeed run on a machine also
+compiles DeepSpeed's shared-memory collective op once (about a minute, cached afterwards)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_e2e import read_metrics, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: str, target: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / f"configs/accelerate/{config}.yaml"), "--main_process_port", str(_free_port()), *target]
+    # One thread per process: two processes share this machine's cores.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train(config: str, model: Path, run: Path, *extra: str) -> list[dict]:
+    proc = launch(config, ["-m", "grpo_trainer.train", "--recipe", str(REPO / "recipes/quickstart.yaml"),
+                           *tiny_overrides(model, run, 2), "rollout.dtype=float32", "trainer.mixed_precision='no'",
+                           "trainer.torch_threads=1", "algorithm.beta=0.04", *extra])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("reward/mean", "train/loss", "train/grad_norm", "train/kl", "train/entropy", "time/sync"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r[key])
+        assert r["train/grad_norm"] > 0
+        # 2 prompts x 4 samples over both processes, all of them in the update (beta > 0).
+        assert r["train/active_rows"] == 8.0
+    # Step 1 starts at the reference, so KL is 0 there; after one update it is not.
+    assert rows[0]["train/kl"] == pytest.approx(0.0, abs=1e-6) and rows[1]["train/kl"] > 1e-4
+    assert (run / "checkpoint-000002" / "COMPLETE").is_file()
+    return rows
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def _merged_from_adapter(base: Path, adapter: Path) -> dict:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(_load(base), adapter).merge_and_unload().state_dict()
+
+
+def test_ddp_with_lora(tiny_llama: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train("cpu_ddp", tiny_llama, run, "model.lora.enabled=true", "model.lora.r=8")
+    ckpt = run / "checkpoint-000002"
+    base = load_file(tiny_llama / "model.safetensors")
+    # The trainer's own state: every base weight is untouched, the adapters moved (B starts at 0).
+    state = load_file(ckpt / "state" / "model.safetensors")
+    lora_b = [k for k in state if "lora_B" in k]
+    assert len(lora_b) == 2 * 7  # 2 layers x 7 target modules
+    assert all(state[k].abs().max() > 0 for k in lora_b)
+    frozen = {k.removeprefix("base_model.model.").replace(".base_layer.", "."): v
+              for k, v in state.items() if ".lora_" not in k}
+    assert set(frozen) == set(base)
+    assert all(torch.equal(frozen[k], base[k]) for k in base)
+    # model/ holds the merged weights, loadable by transformers, equal to base + adapter/.
+    merged = load_file(ckpt / "model" / "model.safetensors")
+    expected = _merged_from_adapter(tiny_llama, ckpt / "adapter")
+    assert max((merged[k] - expected[k]).abs().max().item() for k in merged) < 1e-6
+    assert sum(not torch.equal(merged[k], base[k]) for k in base) == 14  # exactly the adapted weights
+    assert _load(ckpt / "model").config.num_hidden_layers == 2
+
+
+def test_zero2(tiny_llama: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    train("cpu_zero2", tiny_llama, run)
+    ckpt = run / "checkpoint-000002"
+    assert (ckpt / "state" / "pytorch_model").is_dir()  # DeepSpeed's own checkpoint, so it ran under ZeRO
+    base = load_file(tiny_llama / "model.safetensors")
+    after = _load(ckpt / "model").state_dict()
+    changed = [k for k in base if not torch.equal(base[k], after[k])]
+    assert len(changed) > len(base) // 2
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_zero3(tiny_llama: Path, tmp_path: Path, lora: bool):
+    run = tmp_path / "run"
+    train("cpu_zero3", tiny_llama, run, *(["model.lora.enabled=true", "model.lora.r=8"] if lora else []))
+    ckpt = run / "checkpoint-000002"
+    assert (ckpt / "state" / "pytorch_model").is_dir()
+    base = load_file(tiny_llama / "model.safetensors")
+    merged = load_file(ckpt / "model" / "model.safetensors")  # gathered from the shards
+    assert set(merged) == set(base)
+    changed = sum(not torch.equal(merged[k], base[k]) for k in base)
+    if lora:
+        expected = _merged_from_adapter(tiny_llama, ckpt / "adapter")
+        assert max((merged[k] - expected[k]).abs().max().item() for k in merged) < 1e-6
+        assert changed == 14
+    else:
+        assert changed > len(base) // 2
+
+
+def _one_update(config: str, model: Path, out: Path) -> dict:
+    # lr 1e-4, so Adam's first step moves weights by ~1e-4: a 1e-5 tolerance is a tenth of it.
+    proc = launch(config, [str(REPO / "tests/one_update.py"), str(out), f"model.name_or_path={model}",
+                           f"trainer.output_dir={out.parent / 'run'}", "data.num_examples=16", "rollout.backend=hf",
+                           "rollout.num_generations=2", "trainer.prompts_per_step=4", "trainer.micro_batch_size=3",
+                           "trainer.learning_rate=1e-4", "trainer.lr_scheduler=constant",
+                           "trainer.mixed_precision='no'"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(out)
+
+
+def test_one_update_is_the_same_in_one_and_two_processes(tiny_llama: Path, tmp_path: Path):
+    # 8 rows, micro-batch 3: one process runs 3 micro-batches; two processes run 2 each (4 rows).
+    single = _one_update("cpu", tiny_llama, tmp_path / "single.pt")
+    base = load_file(tiny_llama / "model.safetensors")
+    moved = max((single["weights"][k] - base[k]).abs().max().item() for k in base)
+    assert moved > 5e-5  # the update is real (Adam: ~lr = 1e-4 per weight)
+    for config in ("cpu_ddp", "cpu_zero2"):
+        other = _one_update(config, tiny_llama, tmp_path / f"{config}.pt")
+        assert set(other["weights"]) == set(single["weights"])
+        gap = max((other["weights"][k] - single["weights"][k]).abs().max().item() for k in base)
+        assert gap < 1e-5, (config, gap)
+        assert other["metrics"]["train/grad_norm"] == pytest.approx(single["metrics"]["train/grad_norm"], rel=1e-5)
+        assert other["metrics"]["train/loss"] == pytest.approx(single["metrics"]["train/loss"], abs=1e-6)
