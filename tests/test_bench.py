@@ -1,0 +1,127 @@
+"""The benchmark's arithmetic and report formatting, its trainer configuration, and one `--quick`
+run on the tiny random Llama (real vLLM and HF engines, no GRPO steps)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grpo_trainer.bench import (
+    QUICK,
+    format_table,
+    gemm_flops,
+    parse_args,
+    step_overrides,
+    to_json,
+    train_flops,
+)
+from grpo_trainer.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_flop_formulas():
+    # 6 * 134_515_008 params (SmolLM2-135M) * 7_000 tokens = 5_649_630_336_000
+    assert train_flops(134_515_008, 7_000) == 5_649_630_336_000
+    # 2 * 2048**3 = 2 * 8_589_934_592
+    assert gemm_flops(2048) == 17_179_869_184
+
+
+def test_to_json_drops_non_finite_and_rounds():
+    out = json.loads(to_json({"a": math.nan, "b": [1.23456789, math.inf], "c": {"d": 7, "e": 2.5e-9}}))
+    assert out == {"a": None, "b": [1.23457, None], "c": {"d": 7, "e": 2.5e-9}}
+
+
+def _result(step: dict | None) -> dict:
+    return {
+        "machine": {"cpu": "Test CPU", "cores": 2, "torch": "2.13.0", "vllm": "0.32.0", "loadavg": [1.5, 1.0, 1.0]},
+        "config": {"model": "m", "data": "synthetic", "prompts": 4, "G": 8, "max_tokens": 128, "dtype": "float32",
+                   "rollout_dtype": "float32", "mixed_precision": "no"},
+        "rollout": {"vllm": {"generated_tokens": 4096, "seconds": 8.0, "tokens_per_s": 512.0, "cores_used": 1.95},
+                    "hf": {"generated_tokens": 4096, "seconds": 32.0, "tokens_per_s": 128.0},
+                    "vllm_over_hf": 4.0},
+        # 6 * 135e6 * 7_000 = 5.67e12 FLOP in 30 s = 1.89e11 FLOP/s; / 3.78e11 peak = 50.0 %
+        "train": {"tokens": 7000, "seconds": 30.0, "tokens_per_s": 233.3, "params": 135_000_000,
+                  "flops_per_s": 1.89e11, "gemm_peak_flops_per_s": {"float32": 3.78e11, "bfloat16": 7.0e11},
+                  "peak_dtype": "float32", "peak_fraction": 0.5},
+        "sync": {"bytes": 538_060_032, "seconds": 0.5, "bytes_per_s": 1_076_120_064},
+        "step": step,
+    }
+
+
+def test_format_table():
+    step = {"steps": 3, "step_s_median": 41.25, "step_s_all": [50.0, 41.0, 41.5],
+            "phases_s_median": {"rollout": 20.0, "reward": 0.1, "train": 19.0, "sync": 1.0, "step": 41.25},
+            "peak_rss_gib": 3.5, "cores_used_all": [1.9, 1.8, 1.85], "zero_variance_frac_all": [1.0, 0.75, 1.0]}
+    table = format_table(_result(step))
+    assert "Test CPU | 2 cores" in table
+    assert "135.0M params" in table
+    assert "vLLM / HF generate: 4.00x" in table
+    vllm_row = next(line for line in table.splitlines() if line.startswith("rollout vllm"))
+    assert vllm_row.split()[-3:] == ["512", "tok/s", "1.95"]  # rate, then the cores it got
+    assert "128 tok/s" in table
+    assert "189 GFLOP/s (6*N*tokens)" in table and "50.0% of the float32 peak" in table
+    assert "538 MB" in table and "1.08 GB/s" in table
+    assert "41.25 s" in table and "rollout 20.00" in table and "peak RSS 3.50 GiB" in table
+    assert "cores 1.90, 1.80, 1.85" in table
+    assert "no row was trained" not in table  # step 2 had informative groups
+    step["zero_variance_frac_all"] = [1.0, 1.0, 1.0]
+    assert "no row was trained" in format_table(_result(step))
+    skipped = format_table(_result(None))
+    assert [line.split() for line in skipped.splitlines() if line.startswith("GRPO step")] == [
+        ["GRPO", "step", "skipped"]]
+
+
+def test_quick_defaults_and_missing_data_fallback(capsys):
+    args = parse_args(["--quick", "--data", "/nonexistent/train.jsonl", "--G", "3"])
+    assert (args.prompts, args.G, args.max_tokens, args.steps) == (QUICK["prompts"], 3, QUICK["max_tokens"], 1)
+    assert args.data == "synthetic" and args.rollout_dtype == "float32"
+    assert "not found" in capsys.readouterr().err
+
+
+def test_step_config_matches_the_comparison(tmp_path: Path):
+    args = parse_args(["--data", "synthetic", "--mixed-precision", "bf16", "--rollout-dtype", "bfloat16"])
+    cfg = load_config(None, step_overrides(args, str(tmp_path)))
+    assert (cfg.trainer.prompts_per_step, cfg.rollout.num_generations, cfg.rollout.max_completion_length) == (4, 8, 128)
+    assert cfg.rollout.temperature == 1.0 and cfg.algorithm.beta == 0.0 and cfg.algorithm.num_iterations == 1
+    assert cfg.algorithm.loss_agg == "token_mean" and cfg.trainer.micro_batch_size == 8
+    assert cfg.trainer.mixed_precision == "bf16" and cfg.rollout.dtype == "bfloat16"
+    assert cfg.reward.functions == [{"name": "gsm8k", "weight": 1.0, "kwargs": {"mode": "strict"}}]
+    assert cfg.trainer.log_samples_every == 0  # train_step without train() has no sample logger
+
+
+@pytest.mark.slow
+def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    proc = subprocess.run([sys.executable, "-m", "grpo_trainer.bench", "--quick", "--skip-step", "--model",
+                           str(tiny_llama), "--data", "synthetic", "--output", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    P, G, T = QUICK["prompts"], QUICK["G"], QUICK["max_tokens"]
+    for name in ("vllm", "hf"):
+        r = res["rollout"][name]
+        assert r["completions"] == P * G  # 2 * 2
+        assert 0 < r["generated_tokens"] <= P * G * T and r["seconds"] > 0 and r["tokens_per_s"] > 0
+    assert res["rollout"]["vllm_over_hf"] > 0
+    tr = res["train"]
+    # tiny Llama: embed 49152*128 = 6_291_456 (tied with lm_head); per layer q 128*128 + k,v 2*128*64 +
+    # o 128*128 + mlp 3*128*256 + 2 norms*128 = 147_712, two layers; final norm 128 -> 6_587_008
+    assert tr["params"] == 6_587_008
+    # Every prompt is packed G times beside its completions (vLLM's, which hold at least one token).
+    assert tr["tokens"] == G * sum(res["prompt_tokens"]) + res["rollout"]["vllm"]["generated_tokens"]
+    assert tr["flops"] == pytest.approx(6 * 6_587_008 * tr["tokens"], rel=1e-5)
+    assert tr["tokens_per_s"] > 0 and tr["flops_per_s"] > 0 and tr["peak_fraction"] > 0
+    assert tr["gemm_peak_flops_per_s"]["float32"] > 0 and tr["gemm_peak_flops_per_s"]["bfloat16"] > 0
+    # fp32 weights pushed to the engine: 6_587_008 * 4 bytes
+    assert res["sync"]["bytes"] == 26_348_032 and res["sync"]["seconds"] > 0
+    assert res["step"] is None
+    assert res["machine"]["cores"] > 0 and res["machine"]["torch"]
+    assert "rollout vllm" in proc.stdout and "weight sync" in proc.stdout
