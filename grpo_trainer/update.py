@@ -130,7 +130,7 @@ class PolicyUpdater:
 
     def _step(self, mini: dict, adv: torch.Tensor, batch: StepBatch, beta: float, sums: dict) -> tuple[float, float]:
         """Forward/backward over one mini-batch's micro-batches; returns (sum old-new, tokens)."""
-        a, acc, mbs = self.a, self.acc, mini["mbs"]
+        acc, mbs = self.acc, mini["mbs"]
         drift = [0.0, 0.0]
         for k, mb in enumerate(mbs):
             # Gradients are all-reduced (DDP) or the optimizer stepped (DeepSpeed) only on the last.
