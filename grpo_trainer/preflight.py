@@ -17,7 +17,9 @@ SAME_RUN_IGNORE = DEFAULT_DIFF_IGNORE + ("trainer.output_dir",)
 # Keys that do not change what a step computes: a resumed run may change them.
 RESUME_MAY_CHANGE = SAME_RUN_IGNORE + (
     "trainer.save_every", "trainer.keep_last", "trainer.log_samples_every", "trainer.num_log_samples",
-    "trainer.torch_threads", "trainer.max_bad_steps")
+    "trainer.torch_threads", "trainer.max_bad_steps",
+    # Held-out evaluation restores the RNG it uses, so it does not change the training steps.
+    "trainer.eval_every", "trainer.eval_examples", "data.eval_source")
 
 
 def preflight(cfg: Config) -> None:

@@ -16,6 +16,7 @@ import torch
 from grpo_trainer.config import load_config
 from grpo_trainer.rollout import RolloutBatch
 from grpo_trainer.trainer import GRPOTrainer
+from grpo_trainer.update import StepBatch
 
 PROMPTS, G = 4, 2
 
@@ -38,7 +39,10 @@ def main() -> None:
     lo, hi = acc.process_index * local, (acc.process_index + 1) * local
     mine = RolloutBatch(batch.prompt_ids[lo:hi], batch.completion_ids[lo * G:hi * G],
                         batch.logprobs[lo * G:hi * G], batch.truncated[lo * G:hi * G])
-    metrics = trainer._update(mine, advantages[lo * G:hi * G])
+    step_batch = StepBatch(prompt_ids=[mine.prompt_ids[i // G] for i in range(len(mine.completion_ids))],
+                           completion_ids=mine.completion_ids, rollout_logprobs=mine.logprobs,
+                           advantages=advantages[lo * G:hi * G], in_loss=torch.ones(len(mine.completion_ids), dtype=torch.bool))
+    metrics = trainer.updater.run(step_batch, trainer.beta)
     state = acc.get_state_dict(trainer.model)
     if acc.is_main_process:
         torch.save({"weights": {k: v.detach().cpu().clone() for k, v in state.items()}, "metrics": metrics}, out)

@@ -51,7 +51,7 @@ def train(config: str, model: Path, run: Path, *extra: str) -> list[dict]:
             assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r[key])
         assert r["train/grad_norm"] > 0
         # 2 prompts x 4 samples over both processes, all of them in the update (beta > 0).
-        assert r["train/active_rows"] == 8.0
+        assert r["train/rows_trained"] == 8.0
     # Step 1 starts at the reference, so KL is 0 there; after one update it is not.
     assert rows[0]["train/kl"] == pytest.approx(0.0, abs=1e-6) and rows[1]["train/kl"] > 1e-4
     assert (run / "checkpoint-000002" / "COMPLETE").is_file()
