@@ -206,12 +206,9 @@ def time_rollout(engine, prompt_ids, sampling, warm_tokens: int, mixed: str = "n
 
 def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int = 8) -> dict:
     """Forward+backward of a token-mean log-prob loss, as the update does, over the batch."""
-    import torch
-
     from grpo_trainer.forward import completion_logprobs, pack, plan_micro_batches
 
-    G = batch.group_size
-    prompts = [batch.prompt_ids[i // G] for i in range(len(batch.completion_ids))]
+    prompts = batch.row_prompts()
     comps = [c or [pad_id] for c in batch.completion_ids]  # an empty sample still costs its prompt
     plan = plan_micro_batches([len(p) + len(c) for p, c in zip(prompts, comps)], micro_batch_size)
     mbs = [pack(rows, [prompts[i] for i in rows], [comps[i] for i in rows], pad_id) for rows in plan]

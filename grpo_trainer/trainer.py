@@ -151,8 +151,7 @@ class GRPOTrainer:
                 rewards = rewards - self.beta * self._sequence_kl(batch)
             advantages = self._advantages(rewards) * dyn.pop("weight")
             step_batch = StepBatch(
-                prompt_ids=[batch.prompt_ids[i // batch.group_size] for i in range(len(batch.completion_ids))],
-                completion_ids=batch.completion_ids, rollout_logprobs=batch.logprobs, advantages=advantages,
+                prompt_ids=batch.row_prompts(), completion_ids=batch.completion_ids, rollout_logprobs=batch.logprobs, advantages=advantages,
                 in_loss=~torch.tensor(batch.truncated) if cfg.algorithm.overlong_filter
                 else torch.ones(len(batch.truncated), dtype=torch.bool))
             with timer("train"):
@@ -167,7 +166,7 @@ class GRPOTrainer:
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         metrics["train/beta"] = self.beta
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
-        n_tokens = acc.reduce(torch.tensor(float(samples["num_tokens"])), "sum").item()
+        n_tokens = acc.reduce(torch.tensor(float(samples["num_tokens"]), device=acc.device), "sum").item()
         metrics["throughput/rollout_tokens_per_s"] = n_tokens / max(timer.seconds["rollout"], 1e-9)
         return metrics
 
@@ -275,8 +274,7 @@ class GRPOTrainer:
 
     def _sequence_kl(self, batch: RolloutBatch) -> torch.Tensor:
         """sum_t (log pi_old - log pi_ref) per completion: the k1 KL taken off the reward."""
-        prompts = [batch.prompt_ids[i // batch.group_size] for i in range(len(batch.completion_ids))]
-        ref = row_logprobs(self.ref, prompts, batch.completion_ids, self.tokenizer.pad_token_id, self.acc.device,
+        ref = row_logprobs(self.ref, batch.row_prompts(), batch.completion_ids, self.tokenizer.pad_token_id, self.acc.device,
                            self.cfg.rollout.temperature, self.cfg.trainer.micro_batch_size)
         kl = torch.stack([(torch.tensor(lp) - r).sum() for lp, r in zip(batch.logprobs, ref)])
         total, tokens = self.acc.reduce(torch.tensor([kl.sum().item(), float(batch.num_tokens)],

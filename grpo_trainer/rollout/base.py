@@ -32,6 +32,11 @@ class RolloutBatch:
     def group_size(self) -> int:
         return len(self.completion_ids) // max(len(self.prompt_ids), 1)
 
+    def row_prompts(self) -> list[list[int]]:
+        """The prompt of every completion row, (B*G,)."""
+        G = self.group_size
+        return [self.prompt_ids[i // G] for i in range(len(self.completion_ids))]
+
     @property
     def num_tokens(self) -> int:
         return sum(len(c) for c in self.completion_ids)

@@ -64,11 +64,11 @@ class VLLMEngine(RolloutEngine):
                             logprobs=logprobs, truncated=truncated)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        weights = list(named_tensors)
-
+        # Streamed, not collected into a list: the in-process engine consumes the iterator inside
+        # this call, so at most one gathered/merged tensor exists at a time (ZeRO-3, LoRA).
         def _reload(worker):
             # `model.load_weights` is not wired on the CPU build; `reload_weights` is, on both.
-            worker.model_runner.reload_weights(weights_iterator=iter(weights))
+            worker.model_runner.reload_weights(weights_iterator=iter(named_tensors))
             _refresh_cpu_embedding_gemms(worker.model_runner.get_model())
 
         self.llm.collective_rpc(_reload)
