@@ -34,12 +34,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared/data/gsm8k/train.jsonl"
-# The instruction of recipes/quickstart.yaml, so prompt lengths match what the quickstart trains on.
-INSTRUCTION = 'Solve it step by step. On the last line write "####" and then the answer.'
+# The instruction of ../shared/bench/trl_grpo_baseline.py, so both frameworks see the same prompts.
+INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 PHASES = ("rollout", "reward", "train", "sync", "step")
 # Sizes (the first four are also flags); --quick is for the test on a tiny random model.
 NORMAL = {"prompts": 4, "G": 8, "max_tokens": 128, "steps": 3, "gemm_n": 2048, "gemm_repeats": 5,
-          "gemm_seconds": 3.0, "sync_repeats": 3, "warm_tokens": 8, "kv_gib": 2}
+          "gemm_seconds": 3.0, "sync_repeats": 3, "warm_tokens": 8, "kv_gib": 1}
 QUICK = {"prompts": 2, "G": 2, "max_tokens": 8, "steps": 1, "gemm_n": 256, "gemm_repeats": 2,
          "gemm_seconds": 0.0, "sync_repeats": 1, "warm_tokens": 4, "kv_gib": 1}
 
@@ -210,7 +210,7 @@ def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int = 8)
 
     prompts = batch.row_prompts()
     comps = [c or [pad_id] for c in batch.completion_ids]  # an empty sample still costs its prompt
-    plan = plan_micro_batches([len(p) + len(c) for p, c in zip(prompts, comps)], micro_batch_size)
+    plan = plan_micro_batches(prompts, comps, micro_batch_size)
     mbs = [pack(rows, [prompts[i] for i in rows], [comps[i] for i in rows], pad_id) for rows in plan]
     model.train()
 
@@ -229,7 +229,7 @@ def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int = 8)
     tokens = int(sum(mb.attention_mask.sum() for mb in mbs))  # real prompt+completion tokens
     n_params = sum(p.numel() for p in model.parameters())
     flops = train_flops(n_params, tokens)
-    return {"seconds": seconds, "tokens": tokens, "padded_tokens": int(sum(mb.input_ids.numel() for mb in mbs)),
+    return {"seconds": seconds, "tokens": tokens, "padded_tokens": int(sum(mb.padded_tokens for mb in mbs)),
             "micro_batches": len(mbs), "micro_batch_size": micro_batch_size, "tokens_per_s": tokens / seconds,
             "cores_used": clock.cores_used, "params": n_params, "flops": flops, "flops_per_s": flops / seconds}
 
@@ -264,10 +264,12 @@ def step_overrides(args, out_dir: str) -> list[str]:
             "algorithm.beta=0.0", "algorithm.num_iterations=1", "algorithm.num_mini_batches=1",
             "algorithm.loss_agg=token_mean", "algorithm.eps_high=0.28",
             "reward.functions=[{name: gsm8k, weight: 1.0, kwargs: {mode: strict}}]",
-            f"trainer.prompts_per_step={args.prompts}", "trainer.micro_batch_size=8",
+            f"trainer.prompts_per_step={args.prompts}", f"trainer.micro_batch_size={args.micro_batch_size}",
             f"trainer.mixed_precision={args.mixed_precision}", f"trainer.max_steps={args.steps}",
             "trainer.learning_rate=1e-6", "trainer.lr_scheduler=constant", "trainer.log_samples_every=0",
-            f"trainer.output_dir={out_dir}"]
+            f"trainer.output_dir={out_dir}",
+            # TRL trains every row; by default we skip the zero-advantage ones (exact, see update.py).
+            f"algorithm.skip_zero_advantage={'false' if args.train_all_rows else 'true'}"]
 
 
 def run_steps(args) -> dict:
@@ -315,6 +317,7 @@ def run_steps_child(args) -> dict:
                "--data", args.data, "--prompts", str(args.prompts), "--G", str(args.G),
                "--max-tokens", str(args.max_tokens), "--dtype", args.dtype, "--rollout-dtype", args.rollout_dtype,
                "--mixed-precision", args.mixed_precision, "--steps", str(args.steps), "--output", str(out)]
+        cmd += ["--micro-batch-size", str(args.micro_batch_size)] + (["--train-all-rows"] if args.train_all_rows else [])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         proc = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env)
@@ -339,7 +342,8 @@ def run_parts_1_to_3(args) -> dict:
     _, _, prompt_ids, _ = render_prompts(examples, tok, INSTRUCTION, None, 256)
     sampling = SamplingConfig(args.G, args.max_tokens, temperature=1.0)
     result["config"] = {k: getattr(args, k) for k in ("model", "model_path", "data", "prompts", "G", "max_tokens",
-                                                       "dtype", "rollout_dtype", "mixed_precision", "steps", "quick")}
+                                                       "dtype", "rollout_dtype", "mixed_precision", "steps", "micro_batch_size", "train_all_rows",
+                                                       "quick")}
     result["prompt_tokens"] = [len(p) for p in prompt_ids]
 
     print("[bench] GEMM peak", file=sys.stderr, flush=True)
@@ -370,7 +374,7 @@ def run_parts_1_to_3(args) -> dict:
     result["rollout"] = rollout
     torch.set_num_threads(cores)
     print("[bench] trainer forward+backward", file=sys.stderr, flush=True)
-    train = time_train(policy, batch, tok.pad_token_id, args.mixed_precision)
+    train = time_train(policy, batch, tok.pad_token_id, args.mixed_precision, args.micro_batch_size)
     # Again right after, under the same vLLM thread binding as the trainer; keep the best of both.
     gemm_runs.append(gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds))
     peaks = {k: max(run[k] for run in gemm_runs) for k in gemm_runs[0]}
@@ -393,6 +397,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     ap.add_argument("--skip-hf", action="store_true", help="skip the transformers generate rollout")
     ap.add_argument("--skip-step", action="store_true", help="skip the full GRPO steps (part 4)")
+    ap.add_argument("--micro-batch-size", type=int, default=4, help="rows per forward/backward (default 4)")
+    ap.add_argument("--train-all-rows", action="store_true",
+                    help="forward/backward every row, zero-advantage ones too (TRL's work); default: skip those")
     ap.add_argument("--quick", action="store_true", help="tiny settings, for the test")
     ap.add_argument("--only", choices=["step"], help=argparse.SUPPRESS)  # the part-4 child process
     ap.add_argument("--output", default="bench.json")

@@ -78,9 +78,11 @@ class GRPOTrainer:
         if a.ref_reset_every and (cfg.model.lora.enabled or distributed.zero_stage(acc) == 3):
             raise ValueError("algorithm.ref_reset_every needs a full reference copy: it does not combine with "
                              "model.lora.enabled or ZeRO-3; set algorithm.ref_reset_every=0")
+        # Fused: one kernel, no full-size temporaries (foreach's cost 0.5 GB at 135M params). DeepSpeed
+        # steps its own flattened partitions, so it gets the plain one.
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=t.learning_rate,
-                                      weight_decay=t.weight_decay,
-                                      betas=(t.adam_beta1, t.adam_beta2))
+                                      weight_decay=t.weight_decay, betas=(t.adam_beta1, t.adam_beta2),
+                                      fused=distributed.deepspeed_plugin(acc) is None)
         scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps,
                                   num_training_steps=t.max_steps)
         self.model, self.optimizer, self.scheduler = acc.prepare(policy, optimizer, scheduler)
@@ -100,7 +102,8 @@ class GRPOTrainer:
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.updater = PolicyUpdater(acc, self.model, self.optimizer, self.ref, self.tokenizer.pad_token_id, a,
                                      r.temperature, t.micro_batch_size, t.max_grad_norm, r.max_completion_length,
-                                     guard=self.guard)
+                                     guard=self.guard, micro_batch_tokens=t.micro_batch_tokens,
+                                     share_prompt=not cfg.model.gradient_checkpointing)
         self.step = 0
         self.beta = a.beta  # adapted when algorithm.kl_target is set
         self._reward_kl = None
@@ -275,7 +278,8 @@ class GRPOTrainer:
     def _sequence_kl(self, batch: RolloutBatch) -> torch.Tensor:
         """sum_t (log pi_old - log pi_ref) per completion: the k1 KL taken off the reward."""
         ref = row_logprobs(self.ref, batch.row_prompts(), batch.completion_ids, self.tokenizer.pad_token_id, self.acc.device,
-                           self.cfg.rollout.temperature, self.cfg.trainer.micro_batch_size)
+                           self.cfg.rollout.temperature, self.cfg.trainer.micro_batch_size,
+                           self.cfg.trainer.micro_batch_tokens)
         kl = torch.stack([(torch.tensor(lp) - r).sum() for lp, r in zip(batch.logprobs, ref)])
         total, tokens = self.acc.reduce(torch.tensor([kl.sum().item(), float(batch.num_tokens)],
                                                      device=self.acc.device), "sum").tolist()

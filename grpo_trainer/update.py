@@ -28,11 +28,11 @@ class StepBatch:
 
 
 def row_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int, device,
-                 temperature: float, micro_batch_size: int) -> list[torch.Tensor]:
+                 temperature: float, micro_batch_size: int, max_tokens: int | None = None) -> list[torch.Tensor]:
     """Per-row completion log-probs under `model`, without gradients (reference / old policy)."""
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     with torch.no_grad():
-        for rows in plan_micro_batches([len(p) + len(c) for p, c in zip(prompts, completions)], micro_batch_size):
+        for rows in plan_micro_batches(prompts, completions, micro_batch_size, max_tokens):
             mb = pack(rows, [prompts[i] for i in rows], [completions[i] for i in rows], pad_id).to(device)
             logp = completion_logprobs(model, mb, temperature)[0].float().cpu()
             for j, i in enumerate(rows):
@@ -49,10 +49,13 @@ def _padded(rows_values: list[list[float]], rows: list[int], width: int, device)
 
 class PolicyUpdater:
     def __init__(self, acc, model, optimizer, ref, pad_id: int, algorithm, temperature: float,
-                 micro_batch_size: int, max_grad_norm: float, max_completion_length: int, guard=None):
+                 micro_batch_size: int, max_grad_norm: float, max_completion_length: int, guard=None,
+                 micro_batch_tokens: int | None = None, share_prompt: bool = True):
         self.acc, self.model, self.optimizer, self.ref, self.guard = acc, model, optimizer, ref, guard
         self.pad_id, self.a, self.temperature = pad_id, algorithm, temperature
         self.micro_batch_size, self.max_grad_norm, self.max_len = micro_batch_size, max_grad_norm, max_completion_length
+        # False under gradient checkpointing (see forward.py); the no-grad forwards share anyway.
+        self.micro_batch_tokens, self.share_prompt = micro_batch_tokens, share_prompt
 
     def _sum(self, *values: float) -> list[float]:
         return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.acc.device), "sum").tolist()
@@ -63,7 +66,8 @@ class PolicyUpdater:
         kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
         # A row with advantage 0 contributes exactly nothing when no KL/entropy term is on: it is
         # kept out of the forward/backward but still counted in the normalisers.
-        needs_all = kl_in_loss or a.entropy_coef != 0 or distributed.lockstep(acc)
+        needs_all = (kl_in_loss or a.entropy_coef != 0 or not a.skip_zero_advantage
+                     or distributed.lockstep(acc))
         # Old log-probs must be frozen before the first update when there is more than one.
         need_old = a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
         chunks = [list(range(n))[k::a.num_mini_batches] for k in range(a.num_mini_batches)]
@@ -76,8 +80,9 @@ class PolicyUpdater:
             # train runs a zero-weighted micro-batch.
             dummy = not train_rows
             plan_rows = train_rows or rows[:1]
-            plan = plan_micro_batches([len(batch.prompt_ids[i]) + len(batch.completion_ids[i]) for i in plan_rows],
-                                      self.micro_batch_size)
+            plan = plan_micro_batches([batch.prompt_ids[i] for i in plan_rows],
+                                      [batch.completion_ids[i] for i in plan_rows], self.micro_batch_size,
+                                      self.micro_batch_tokens)
             mbs = [pack([plan_rows[j] for j in p], [batch.prompt_ids[plan_rows[j]] for j in p],
                         [batch.completion_ids[plan_rows[j]] for j in p], self.pad_id).to(acc.device) for p in plan]
             dummies = [dummy] * len(mbs)
@@ -155,7 +160,8 @@ class PolicyUpdater:
     def _micro_loss(self, mb: MicroBatch, old, ref, adv, batch: StepBatch, beta: float, mini: dict):
         a = self.a
         mask = mb.completion_mask
-        logp, entropy = completion_logprobs(self.model, mb, self.temperature, with_entropy=True)
+        logp, entropy = completion_logprobs(self.model, mb, self.temperature, with_entropy=True,
+                                            share_prompt=self.share_prompt)
         old = logp.detach() if old is None else old
         per_token, stats = algo.clipped_policy_loss(logp, old, adv[mb.rows], mask, a.eps_low, a.eps_high,
                                                     a.dual_clip_c)

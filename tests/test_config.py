@@ -26,7 +26,7 @@ from grpo_trainer.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
-TRAINER_KEYS = ("output_dir, max_steps, prompts_per_step, micro_batch_size, learning_rate, lr_scheduler, "
+TRAINER_KEYS = ("output_dir, max_steps, prompts_per_step, micro_batch_size, micro_batch_tokens, learning_rate, lr_scheduler, "
                 "warmup_steps, weight_decay, adam_beta1, adam_beta2, max_grad_norm, seed, save_every, keep_last, "
                 "log_samples_every, num_log_samples, torch_threads, eval_every, eval_examples, mixed_precision, max_bad_steps, overwrite")
 TOP_KEYS = "model, data, rollout, algorithm, reward, trainer, resume"
@@ -365,7 +365,7 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
     ("algorithm.eps=0.2", "unknown key 'algorithm.eps' (did you mean 'algorithm.eps_low'?); valid keys in algorithm: "
                           "advantage, scale, loss_agg, eps_low, eps_high, dual_clip_c, beta, kl_estimator, "
                           "kl_mode, kl_target, ref_reset_every, softmax_beta, reinforce_baseline, num_iterations, "
-                          "num_mini_batches, target_kl, tis_cap, entropy_coef, dynamic_sampling, max_gen_rounds, "
+                          "num_mini_batches, target_kl, tis_cap, entropy_coef, skip_zero_advantage, dynamic_sampling, max_gen_rounds, "
                           "overlong_filter, overlong_penalty, overlong_cache_len, overlong_penalty_factor"),
 ])
 def test_unknown_keys(override, expected):

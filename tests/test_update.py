@@ -19,6 +19,10 @@ from grpo_trainer.models import load_causal_lm
 from grpo_trainer.update import PolicyUpdater, StepBatch
 
 G, MAX_LEN = 4, 8
+# transformers' RMSNorm computes in fp32 even in an fp64 model, so gradients through it carry fp32
+# rounding; the shared-prompt forward sums a prompt's gradient over its rows in a batch-dependent
+# order. Updates here are ~0.4 in size: 1e-6 is ~3e-6 relative, far below any real difference.
+FP32_ROUNDING = 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_one_vs_four_micro_batches_give_the_same_update(base_model, step_batch, 
     assert sum(a.abs().sum().item() for a in one) > 1e-3  # a real, non-zero update
     # Equal to the objective computed directly over all 8 rows, the zero-advantage ones included.
     direct = direct_gradient(base_model, step_batch, mode)
-    assert max((a - b).abs().max().item() for a, b in zip(one, direct)) < 1e-9
+    assert max((a - b).abs().max().item() for a, b in zip(one, direct)) < FP32_ROUNDING
     assert m4["train/rows_trained"] == 4.0  # the 4 zero-advantage rows were never forwarded
 
 
@@ -79,7 +83,7 @@ def test_overlong_filter_removes_rows_from_loss_and_normaliser(base_model, step_
     batch = dataclasses.replace(step_batch, in_loss=torch.tensor([True, False, True, True] + [True] * 4))
     got, metrics = run_update(base_model, batch, micro_batch_size=3)
     direct = direct_gradient(base_model, batch, "token_mean")
-    assert max((a - b).abs().max().item() for a, b in zip(got, direct)) < 1e-9
+    assert max((a - b).abs().max().item() for a, b in zip(got, direct)) < FP32_ROUNDING
     assert metrics["train/rows_trained"] == 3.0
     unmasked, _ = run_update(base_model, step_batch, micro_batch_size=3)
     assert max((a - b).abs().max().item() for a, b in zip(got, unmasked)) > 1e-6
@@ -109,3 +113,10 @@ def test_mini_batches_take_one_optimizer_step_each(base_model, step_batch):
     two_steps, _ = run_update(base_model, step_batch, micro_batch_size=8, num_mini_batches=2)
     # Two half-batch SGD steps differ from one full step (the second sees moved weights).
     assert max((a - b).abs().max().item() for a, b in zip(one_step, two_steps)) > 1e-6
+
+
+def test_zero_advantage_rows_are_skipped_exactly(base_model, step_batch):
+    skipped, m_skip = run_update(base_model, step_batch, micro_batch_size=8)
+    trained, m_all = run_update(base_model, step_batch, micro_batch_size=8, skip_zero_advantage=False)
+    assert (m_skip["train/rows_trained"], m_all["train/rows_trained"]) == (4.0, 8.0)
+    assert max((a - b).abs().max().item() for a, b in zip(skipped, trained)) < FP32_ROUNDING
