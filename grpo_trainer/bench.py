@@ -39,7 +39,7 @@ INSTRUCTION = 'Let\'s think step by step and output the final answer after "####
 PHASES = ("rollout", "reward", "train", "sync", "step")
 # Sizes (the first four are also flags); --quick is for the test on a tiny random model.
 NORMAL = {"prompts": 4, "G": 8, "max_tokens": 128, "steps": 3, "gemm_n": 2048, "gemm_repeats": 5,
-          "gemm_seconds": 3.0, "sync_repeats": 3, "warm_tokens": 8, "kv_gib": 1}
+          "gemm_seconds": 3.0, "sync_repeats": 3, "warm_tokens": 8, "kv_gib": 0.5}
 QUICK = {"prompts": 2, "G": 2, "max_tokens": 8, "steps": 1, "gemm_n": 256, "gemm_repeats": 2,
          "gemm_seconds": 0.0, "sync_repeats": 1, "warm_tokens": 4, "kv_gib": 1}
 
@@ -95,7 +95,8 @@ def format_table(result: dict) -> str:
              f"load {m['loadavg'][0]:.2f} at start (cores = CPU s / wall s each measurement got)",
              f"model {c['model']} ({result['train']['params'] / 1e6:.1f}M params) | data {c['data']} | "
              f"P={c['prompts']} G={c['G']} max_tokens={c['max_tokens']} | dtype {c['dtype']} "
-             f"rollout {c['rollout_dtype']} mixed {c['mixed_precision']}", ""]
+             f"rollout {c['rollout_dtype']} mixed {c['mixed_precision']} | micro-batch {c.get('micro_batch_size')} rows"
+             + (" | every row trained (--train-all-rows)" if c.get("train_all_rows") else ""), ""]
     row = "{:<26}{:>14}{:>12}{:>16}{:>7}"
     cores = lambda r: "-" if r.get("cores_used") is None else f"{r['cores_used']:.2f}"  # noqa: E731
     lines.append(row.format("measurement", "tokens", "seconds", "rate", "cores"))
@@ -127,7 +128,8 @@ def format_table(result: dict) -> str:
         used = ", cores " + ", ".join(f"{x:.2f}" for x in st["cores_used_all"]) if st.get("cores_used_all") else ""
         lines.append(f"  all steps: {', '.join(f'{x:.2f}' for x in st['step_s_all'])} s{used} | "
                      f"peak RSS {st['peak_rss_gib']:.2f} GiB")
-        if st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0:
+        if (st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0
+                and not result["config"].get("train_all_rows")):
             lines.append("  note: every group's rewards were equal, so no row was trained: the train phase "
                          "was one zero-weighted micro-batch and the optimizer step")
     return "\n".join(lines)
@@ -226,10 +228,12 @@ def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int = 8)
         for mb in mbs:
             fwd_bwd(mb)
     seconds, _ = clock.wall, model.zero_grad(set_to_none=True)
-    tokens = int(sum(mb.attention_mask.sum() for mb in mbs))  # real prompt+completion tokens
+    # Tokens the forward computes: each distinct prompt once, plus every completion.
+    tokens = int(sum(mb.prompt_mask.sum() + mb.completion_mask.sum() for mb in mbs))
     n_params = sum(p.numel() for p in model.parameters())
     flops = train_flops(n_params, tokens)
-    return {"seconds": seconds, "tokens": tokens, "padded_tokens": int(sum(mb.padded_tokens for mb in mbs)),
+    return {"seconds": seconds, "tokens": tokens, "row_tokens": int(sum(mb.attention_mask.sum() for mb in mbs)),
+            "padded_tokens": int(sum(mb.padded_tokens for mb in mbs)),
             "micro_batches": len(mbs), "micro_batch_size": micro_batch_size, "tokens_per_s": tokens / seconds,
             "cores_used": clock.cores_used, "params": n_params, "flops": flops, "flops_per_s": flops / seconds}
 

@@ -72,8 +72,9 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = -1  # -1: off
     seed: int = 0
-    # CPU: GiB of KV cache for the colocated engine (vLLM takes 20 GiB unless told).
-    kv_cache_gib: float = 2.0
+    # CPU: GiB of KV cache for the colocated engine (vLLM takes 20 GiB unless told); fractions
+    # allowed. Needs ~ P*G*(prompt+completion) tokens x 46 KB/token for SmolLM2-135M in fp32.
+    kv_cache_gib: float = 1.0
     # GPU: fraction of device memory the colocated engine may take.
     gpu_memory_utilization: float = 0.3
     enforce_eager: bool = True

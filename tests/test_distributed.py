@@ -39,13 +39,13 @@ def launch(config: str, target: list[str], timeout: int = 900) -> subprocess.Com
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def train(config: str, model: Path, run: Path, *extra: str) -> list[dict]:
+def train(config: str, model: Path, run: Path, *extra: str, steps: int = 2) -> list[dict]:
     proc = launch(config, ["-m", "grpo_trainer.train", "--recipe", str(REPO / "recipes/quickstart.yaml"),
-                           *tiny_overrides(model, run, 2), "rollout.dtype=float32", "trainer.mixed_precision='no'",
+                           *tiny_overrides(model, run, steps), "rollout.dtype=float32", "trainer.mixed_precision='no'",
                            "trainer.torch_threads=1", "algorithm.beta=0.04", *extra])
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_metrics(run)
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
     for r in rows:
         for key in ("reward/mean", "train/loss", "train/grad_norm", "train/kl", "train/entropy", "time/sync"):
             assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r[key])
@@ -54,7 +54,7 @@ def train(config: str, model: Path, run: Path, *extra: str) -> list[dict]:
         assert r["train/rows_trained"] == 8.0
     # Step 1 starts at the reference, so KL is 0 there; after one update it is not.
     assert rows[0]["train/kl"] == pytest.approx(0.0, abs=1e-6) and rows[1]["train/kl"] > 1e-4
-    assert (run / "checkpoint-000002" / "COMPLETE").is_file()
+    assert (run / f"checkpoint-{steps:06d}" / "COMPLETE").is_file()
     return rows
 
 
@@ -119,6 +119,16 @@ def test_zero3(tiny_llama: Path, tmp_path: Path, lora: bool):
         assert changed == 14
     else:
         assert changed > len(base) // 2
+    # Resume under ZeRO-3 from the step-2 checkpoint: the sharded optimizer state (and the adapters)
+    # come back and training goes on to step 3, moving exactly the weights it moved before.
+    train("cpu_zero3", tiny_llama, run, *(["model.lora.enabled=true", "model.lora.r=8"] if lora else []),
+          "resume=auto", steps=3)
+    step3 = load_file(run / "checkpoint-000003" / "model" / "model.safetensors")
+    moved = {k for k in base if not torch.equal(step3[k], merged[k])}
+    if lora:
+        assert moved == {k for k in base if not torch.equal(merged[k], base[k])}
+    else:
+        assert len(moved) > len(base) // 2
 
 
 def _one_update(config: str, model: Path, out: Path) -> dict:

