@@ -92,3 +92,27 @@ def test_vllm_scores_like_the_lora_policy_after_push(tiny_llama: Path):
     for i, c in enumerate(batch.completion_ids):
         torch.testing.assert_close(ours[i, :len(c)], torch.tensor(batch.logprobs[i]), atol=1e-3, rtol=0)
     engine.close()
+
+
+@pytest.mark.slow
+def test_vllm_lora_adapter_scores_like_the_lora_policy(tiny_llama: Path, tmp_path: Path):
+    # The alternative to the merged push (scripts/bench_lora_sync.py measures both): vLLM serving
+    # the saved peft adapter must sample from the same policy.
+    from grpo_trainer.rollout import SamplingConfig, make_engine
+
+    engine = make_engine("vllm", model_path=str(tiny_llama), dtype="float32", seed=0, max_model_len=128,
+                         kv_cache_gib=0.25, max_lora_rank=8)  # vLLM allows 1, 8, 16, ...; r=4 fits
+    policy = _lora_policy(tiny_llama)
+    policy.save_pretrained(tmp_path / "adapter")
+    engine.load_lora_adapter(str(tmp_path / "adapter"))
+    batch = engine.generate([PROMPT], SamplingConfig(num_generations=2, max_tokens=10, temperature=0.7), seed=5)
+    mb = pack([0, 1], [PROMPT, PROMPT], batch.completion_ids, pad_id=0)
+    with torch.no_grad():
+        ours = completion_logprobs(policy, mb, temperature=0.7)[0]
+        base = completion_logprobs(AdapterDisabled(policy), mb, temperature=0.7)[0]
+    assert max((ours[i, :len(c)] - base[i, :len(c)]).abs().max() for i, c in enumerate(batch.completion_ids)) > 1e-2
+    for i, c in enumerate(batch.completion_ids):
+        torch.testing.assert_close(ours[i, :len(c)], torch.tensor(batch.logprobs[i]), atol=1e-3, rtol=0)
+    engine.load_lora_adapter(str(tmp_path / "adapter"))  # a new id each load: vLLM caches adapters by id
+    assert engine.lora_request.lora_int_id == 2
+    engine.close()
