@@ -206,7 +206,7 @@ def time_rollout(engine, prompt_ids, sampling, warm_tokens: int, mixed: str = "n
             "truncated_frac": sum(batch.truncated) / max(len(batch.truncated), 1)}, batch
 
 
-def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int = 8) -> dict:
+def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int) -> dict:
     """Forward+backward of a token-mean log-prob loss, as the update does, over the batch."""
     from grpo_trainer.forward import completion_logprobs, pack, plan_micro_batches
 
@@ -401,7 +401,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     ap.add_argument("--skip-hf", action="store_true", help="skip the transformers generate rollout")
     ap.add_argument("--skip-step", action="store_true", help="skip the full GRPO steps (part 4)")
-    ap.add_argument("--micro-batch-size", type=int, default=4, help="rows per forward/backward (default 4)")
+    ap.add_argument("--micro-batch-size", type=int, default=8, help="rows per forward/backward (default 8)")
     ap.add_argument("--train-all-rows", action="store_true",
                     help="forward/backward every row, zero-advantage ones too (TRL's work); default: skip those")
     ap.add_argument("--quick", action="store_true", help="tiny settings, for the test")

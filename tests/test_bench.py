@@ -90,11 +90,11 @@ def test_step_config_matches_the_comparison(tmp_path: Path):
     cfg = load_config(None, step_overrides(args, str(tmp_path)))
     assert (cfg.trainer.prompts_per_step, cfg.rollout.num_generations, cfg.rollout.max_completion_length) == (4, 8, 128)
     assert cfg.rollout.temperature == 1.0 and cfg.algorithm.beta == 0.0 and cfg.algorithm.num_iterations == 1
-    assert cfg.algorithm.loss_agg == "token_mean" and cfg.trainer.micro_batch_size == 4
+    assert cfg.algorithm.loss_agg == "token_mean" and cfg.trainer.micro_batch_size == 8
     assert cfg.algorithm.skip_zero_advantage  # TRL's work (every row trained) only when asked:
     full = load_config(None, step_overrides(parse_args(["--data", "synthetic", "--train-all-rows",
-                                                        "--micro-batch-size", "8"]), str(tmp_path)))
-    assert not full.algorithm.skip_zero_advantage and full.trainer.micro_batch_size == 8
+                                                        "--micro-batch-size", "4"]), str(tmp_path)))
+    assert not full.algorithm.skip_zero_advantage and full.trainer.micro_batch_size == 4
     assert cfg.trainer.mixed_precision == "bf16" and cfg.rollout.dtype == "bfloat16"
     assert cfg.reward.functions == [{"name": "gsm8k", "weight": 1.0, "kwargs": {"mode": "strict"}}]
     assert cfg.trainer.log_samples_every == 0  # train_step without train() has no sample logger
@@ -119,7 +119,7 @@ def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
     # tiny Llama: embed 49152*128 = 6_291_456 (tied with lm_head); per layer q 128*128 + k,v 2*128*64 +
     # o 128*128 + mlp 3*128*256 + 2 norms*128 = 147_712, two layers; final norm 128 -> 6_587_008
     assert tr["params"] == 6_587_008
-    # All 2 x 2 rows fit one micro-batch (4 rows), so each prompt is computed once, not G times;
+    # All 2 x 2 rows fit one micro-batch (8 rows), so each prompt is computed once, not G times;
     # row_tokens counts it per row (vLLM's completions hold at least one token).
     generated = res["rollout"]["vllm"]["generated_tokens"]
     assert tr["micro_batches"] == 1
