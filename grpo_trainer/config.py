@@ -138,9 +138,10 @@ class TrainerConfig:
     output_dir: str = "runs/quickstart"
     max_steps: int = 20
     prompts_per_step: int = 8  # P: prompts per optimizer step (over all processes)
-    # Sequences per forward/backward. G (or a multiple) lets each group's prompt be computed once
-    # (forward.py); 4 instead of 8 cut peak memory by ~1.2 GiB and cost ~10-25% speed (README "Speed").
-    micro_batch_size: int = 8
+    # Sequences per forward/backward. A multiple of G computes each group's prompt once
+    # (forward.py): 8 was 10-25% faster than 4 at G=8 but took ~1.2 GiB more peak memory
+    # (README "Speed"); 4 keeps the CPU default small.
+    micro_batch_size: int = 4
     # Also cap a micro-batch's computed tokens (distinct prompts x prompt length + rows x
     # completion length): bounds activation memory when completion lengths vary.
     micro_batch_tokens: Optional[int] = None
