@@ -208,12 +208,11 @@ def time_rollout(engine, prompt_ids, sampling, warm_tokens: int, mixed: str = "n
 
 def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int) -> dict:
     """Forward+backward of a token-mean log-prob loss, as the update does, over the batch."""
-    from grpo_trainer.forward import completion_logprobs, pack, plan_micro_batches
+    from grpo_trainer.forward import completion_logprobs, micro_batches
 
     prompts = batch.row_prompts()
     comps = [c or [pad_id] for c in batch.completion_ids]  # an empty sample still costs its prompt
-    plan = plan_micro_batches(prompts, comps, micro_batch_size)
-    mbs = [pack(rows, [prompts[i] for i in rows], [comps[i] for i in rows], pad_id) for rows in plan]
+    mbs = micro_batches(list(range(len(prompts))), prompts, comps, pad_id, micro_batch_size)
     model.train()
 
     def fwd_bwd(mb):
@@ -346,8 +345,8 @@ def run_parts_1_to_3(args) -> dict:
     _, _, prompt_ids, _ = render_prompts(examples, tok, INSTRUCTION, None, 256)
     sampling = SamplingConfig(args.G, args.max_tokens, temperature=1.0)
     result["config"] = {k: getattr(args, k) for k in ("model", "model_path", "data", "prompts", "G", "max_tokens",
-                                                       "dtype", "rollout_dtype", "mixed_precision", "steps", "micro_batch_size", "train_all_rows",
-                                                       "quick")}
+                                                       "dtype", "rollout_dtype", "mixed_precision", "steps",
+                                                       "micro_batch_size", "train_all_rows", "quick")}
     result["prompt_tokens"] = [len(p) for p in prompt_ids]
 
     print("[bench] GEMM peak", file=sys.stderr, flush=True)

@@ -79,14 +79,15 @@ def plan_micro_batches(prompts: list[list[int]], completions: list[list[int]], m
     Rows of one prompt stay adjacent, so a micro-batch computes few distinct prompts; prompts are
     ordered by length and rows by completion length, so that little of each micro-batch is padding.
     """
+    keys = [tuple(p) for p in prompts]
     by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_prompt.setdefault(tuple(p), []).append(i)
+    for i, key in enumerate(keys):
+        by_prompt.setdefault(key, []).append(i)
     groups = sorted(by_prompt.items(), key=lambda kv: (len(kv[0]), max(len(completions[i]) for i in kv[1])))
     order = [i for _, rows in groups for i in sorted(rows, key=lambda i: len(completions[i]))]
 
     def cost(rows: list[int]) -> int:
-        distinct = {tuple(prompts[i]) for i in rows}
+        distinct = {keys[i] for i in rows}
         return len(distinct) * max(map(len, distinct)) + len(rows) * max(max(len(completions[i]) for i in rows), 1)
 
     plan: list[list[int]] = []
@@ -96,6 +97,15 @@ def plan_micro_batches(prompts: list[list[int]], completions: list[list[int]], m
         else:
             plan.append([i])
     return plan
+
+
+def micro_batches(rows: list[int], prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                  micro_batch_size: int, max_tokens: int | None = None) -> list[MicroBatch]:
+    """`rows` (indices into prompts/completions) planned by `plan_micro_batches` and packed."""
+    plan = plan_micro_batches([prompts[i] for i in rows], [completions[i] for i in rows], micro_batch_size,
+                              max_tokens)
+    return [pack([rows[j] for j in p], [prompts[rows[j]] for j in p], [completions[rows[j]] for j in p], pad_id)
+            for p in plan]
 
 
 def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy: bool = False,

@@ -279,7 +279,7 @@ class GRPOTrainer:
         """sum_t (log pi_old - log pi_ref) per completion: the k1 KL taken off the reward."""
         ref = row_logprobs(self.ref, batch.row_prompts(), batch.completion_ids, self.tokenizer.pad_token_id, self.acc.device,
                            self.cfg.rollout.temperature, self.cfg.trainer.micro_batch_size,
-                           self.cfg.trainer.micro_batch_tokens)
+                           self.cfg.trainer.micro_batch_tokens, self.updater.share_prompt)
         kl = torch.stack([(torch.tensor(lp) - r).sum() for lp, r in zip(batch.logprobs, ref)])
         total, tokens = self.acc.reduce(torch.tensor([kl.sum().item(), float(batch.num_tokens)],
                                                      device=self.acc.device), "sum").tolist()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo_trainer import algo, distributed
-from grpo_trainer.forward import MicroBatch, completion_logprobs, pack, plan_micro_batches
+from grpo_trainer.forward import MicroBatch, completion_logprobs, micro_batches
 
 
 @dataclass
@@ -28,14 +28,15 @@ class StepBatch:
 
 
 def row_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int, device,
-                 temperature: float, micro_batch_size: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+                 temperature: float, micro_batch_size: int, max_tokens: int | None = None,
+                 share_prompt: bool = True) -> list[torch.Tensor]:
     """Per-row completion log-probs under `model`, without gradients (reference / old policy)."""
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     with torch.no_grad():
-        for rows in plan_micro_batches(prompts, completions, micro_batch_size, max_tokens):
-            mb = pack(rows, [prompts[i] for i in rows], [completions[i] for i in rows], pad_id).to(device)
-            logp = completion_logprobs(model, mb, temperature)[0].float().cpu()
-            for j, i in enumerate(rows):
+        for mb in micro_batches(list(range(len(prompts))), prompts, completions, pad_id, micro_batch_size,
+                                max_tokens):
+            logp = completion_logprobs(model, mb.to(device), temperature, share_prompt=share_prompt)[0].float().cpu()
+            for j, i in enumerate(mb.rows):
                 out[i] = logp[j, :len(completions[i])]
     return out
 
@@ -54,8 +55,13 @@ class PolicyUpdater:
         self.acc, self.model, self.optimizer, self.ref, self.guard = acc, model, optimizer, ref, guard
         self.pad_id, self.a, self.temperature = pad_id, algorithm, temperature
         self.micro_batch_size, self.max_grad_norm, self.max_len = micro_batch_size, max_grad_norm, max_completion_length
-        # False under gradient checkpointing (see forward.py); the no-grad forwards share anyway.
+        # False under gradient checkpointing (see forward.py): transformers drops the key/value cache
+        # in checkpointed layers whenever the model is in training mode, gradients or not, and the
+        # reference may be the same network (LoRA), so every forward here follows it.
         self.micro_batch_tokens, self.share_prompt = micro_batch_tokens, share_prompt
+
+    def _logprobs(self, model, mb: MicroBatch) -> torch.Tensor:
+        return completion_logprobs(model, mb, self.temperature, share_prompt=self.share_prompt)[0]
 
     def _sum(self, *values: float) -> list[float]:
         return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.acc.device), "sum").tolist()
@@ -80,11 +86,9 @@ class PolicyUpdater:
             # train runs a zero-weighted micro-batch.
             dummy = not train_rows
             plan_rows = train_rows or rows[:1]
-            plan = plan_micro_batches([batch.prompt_ids[i] for i in plan_rows],
-                                      [batch.completion_ids[i] for i in plan_rows], self.micro_batch_size,
-                                      self.micro_batch_tokens)
-            mbs = [pack([plan_rows[j] for j in p], [batch.prompt_ids[plan_rows[j]] for j in p],
-                        [batch.completion_ids[plan_rows[j]] for j in p], self.pad_id).to(acc.device) for p in plan]
+            mbs = [mb.to(acc.device) for mb in micro_batches(plan_rows, batch.prompt_ids, batch.completion_ids,
+                                                             self.pad_id, self.micro_batch_size,
+                                                             self.micro_batch_tokens)]
             dummies = [dummy] * len(mbs)
             if distributed.lockstep(acc):  # ZeRO-3: every process runs as many forwards as the busiest
                 most = int(acc.gather(torch.tensor([len(mbs)], device=acc.device)).max())
@@ -94,10 +98,8 @@ class PolicyUpdater:
 
         with torch.no_grad():
             for mini in minis:
-                mini["old"] = [completion_logprobs(self.model, mb, self.temperature)[0] if need_old else None
-                               for mb in mini["mbs"]]
-                mini["ref"] = [completion_logprobs(self.ref, mb, self.temperature)[0] if kl_in_loss else None
-                               for mb in mini["mbs"]]
+                mini["old"] = [self._logprobs(self.model, mb) if need_old else None for mb in mini["mbs"]]
+                mini["ref"] = [self._logprobs(self.ref, mb) if kl_in_loss else None for mb in mini["mbs"]]
 
         adv = batch.advantages.to(acc.device)
         sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",

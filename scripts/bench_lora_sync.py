@@ -32,24 +32,17 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def lora_policy(model_path: str, rank: int):
-    import peft
-
+    from grpo_trainer.config import LoraConfig
+    from grpo_trainer.lora import wrap
     from grpo_trainer.models import load_causal_lm
 
-    model = peft.get_peft_model(load_causal_lm(model_path, "float32"),
-                                peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS))
+    model = wrap(load_causal_lm(model_path, "float32"),
+                 LoraConfig(enabled=True, r=rank, alpha=2 * rank, dropout=0.0, target_modules=TARGETS), False)
     gen = torch.Generator().manual_seed(0)
     for name, p in model.named_parameters():
         if "lora_B" in name:  # peft starts B at 0; a trained adapter is not
             p.data = torch.randn(p.shape, generator=gen) * 2e-3
     return model
-
-
-def timed_rollout(engine, prompts, sampling) -> dict:
-    t0 = time.perf_counter()
-    batch = engine.generate(prompts, sampling, seed=0)
-    sec = time.perf_counter() - t0
-    return {"seconds": sec, "tokens": batch.num_tokens, "tokens_per_s": batch.num_tokens / sec}
 
 
 def main() -> None:
@@ -65,11 +58,10 @@ def main() -> None:
     if args.data != "synthetic" and not Path(args.data).is_file():
         args.data = "synthetic"
 
-    from grpo_trainer.bench import INSTRUCTION
+    from grpo_trainer.bench import INSTRUCTION, time_rollout, time_sync
     from grpo_trainer.data import load_examples, render_prompts
     from grpo_trainer.models import load_tokenizer, resolve_model_path
     from grpo_trainer.rollout import SamplingConfig, make_engine
-    from grpo_trainer.rollout.weights import iter_full_weights
 
     path = resolve_model_path(args.model)
     tok = load_tokenizer(path)
@@ -84,22 +76,15 @@ def main() -> None:
 
     print("[lora] merged weights", file=sys.stderr, flush=True)
     engine = make_engine("vllm", **common)
-    threads = torch.get_num_threads()
-    times, moved = [], 0
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        engine.load_weights(iter_full_weights(policy))
-        times.append(time.perf_counter() - t0)
-    moved = sum(t.numel() * t.element_size() for _, t in iter_full_weights(policy))
-    engine.generate(prompts, SamplingConfig(args.G, 8, 1.0), seed=1)  # warm-up
+    sync = time_sync(engine, policy, args.repeats)  # the trainer's merged push (weights.iter_full_weights)
     merged_greedy = engine.generate(prompts, greedy, seed=0).completion_ids
-    result["merged"] = {"sync_s": statistics.median(times), "sync_s_all": times, "bytes": moved,
-                        **timed_rollout(engine, prompts, sampling)}
+    rollout, _ = time_rollout(engine, prompts, sampling, warm_tokens=8)
+    result["merged"] = {"sync_s": sync["seconds"], "sync_s_all": sync["seconds_all"], "bytes": sync["bytes"],
+                        **rollout}
     engine.close()
     del engine
 
     print("[lora] vLLM LoRA adapter", file=sys.stderr, flush=True)
-    torch.set_num_threads(threads)
     engine = make_engine("vllm", max_lora_rank=args.rank, **common)
     one = SamplingConfig(1, 1, temperature=1.0)
     save, load = [], []
@@ -119,10 +104,10 @@ def main() -> None:
             engine.generate(prompts[:1], one, seed=0)
             load.append(max(first - (time.perf_counter() - t0), 0.0))
         adapter_bytes = sum(f.stat().st_size for f in out.iterdir())
-        engine.generate(prompts, SamplingConfig(args.G, 8, 1.0), seed=1)  # warm-up
         adapter_greedy = engine.generate(prompts, greedy, seed=0).completion_ids
+        rollout, _ = time_rollout(engine, prompts, sampling, warm_tokens=8)
         result["adapter"] = {"sync_s": statistics.median(s + l for s, l in zip(save, load)), "save_s_all": save,
-                             "load_s_all": load, "bytes": adapter_bytes, **timed_rollout(engine, prompts, sampling)}
+                             "load_s_all": load, "bytes": adapter_bytes, **rollout}
     engine.close()
 
     same = sum(a == b for x, y in zip(merged_greedy, adapter_greedy) for a, b in zip(x, y))

@@ -42,12 +42,16 @@ def step_batch() -> StepBatch:
                      in_loss=torch.ones(8, dtype=torch.bool))
 
 
-def run_update(model, batch: StepBatch, micro_batch_size: int, **algo_kwargs):
+def run_update(model, batch: StepBatch, micro_batch_size: int, checkpointing: bool = False, **algo_kwargs):
     model = copy.deepcopy(model)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        model.train()  # as after a previous step: checkpointed layers then drop the key/value cache
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     a = dataclasses.replace(AlgorithmConfig(), **algo_kwargs)
-    updater = PolicyUpdater(Accelerator(cpu=True), model, opt, None, 0, a, 1.0, micro_batch_size, 1e9, MAX_LEN)
+    updater = PolicyUpdater(Accelerator(cpu=True), model, opt, None, 0, a, 1.0, micro_batch_size, 1e9, MAX_LEN,
+                            share_prompt=not checkpointing)
     metrics = updater.run(batch, beta=0.0)
     delta = [(b - p.detach()) for b, p in zip(before, model.parameters())]  # = gradient (lr 1)
     return delta, metrics
@@ -120,3 +124,16 @@ def test_zero_advantage_rows_are_skipped_exactly(base_model, step_batch):
     trained, m_all = run_update(base_model, step_batch, micro_batch_size=8, skip_zero_advantage=False)
     assert (m_skip["train/rows_trained"], m_all["train/rows_trained"]) == (4.0, 8.0)
     assert max((a - b).abs().max().item() for a, b in zip(skipped, trained)) < FP32_ROUNDING
+
+
+def test_gradient_checkpointing_takes_the_plain_layout_in_every_forward(base_model, step_batch):
+    # Two passes need old log-probs from a no-grad forward of the training-mode policy; with
+    # checkpointing on, the shared-prompt layout would find no key/value cache there.
+    plain, _ = run_update(base_model, step_batch, micro_batch_size=3, num_iterations=2)
+    checkpointed, metrics = run_update(base_model, step_batch, micro_batch_size=3, checkpointing=True,
+                                       num_iterations=2)
+    assert metrics["train/passes"] == 2.0
+    # Two SGD passes at lr 1 make a larger update than one (hence relative): fp32 rounding only.
+    scale = max(a.abs().max().item() for a in plain)
+    assert max((a - b).abs().max().item() for a, b in zip(plain, checkpointed)) < FP32_ROUNDING * scale
+    assert scale > 0.5
