@@ -7,13 +7,18 @@ Layout of `<output_dir>/checkpoint-000012/`:
     state/              accelerate state: model, optimizer, scheduler, every process's RNG
     trainer_state.json  step, and the state_dict() of each of the trainer's `stateful` parts
                         (data sampler position, non-finite guard, ...)
-    COMPLETE            written last; a directory without it is never loaded
+    COMPLETE            written last: the manifest of every file above (sizes, sampled checksums,
+                        see manifest.py); a directory without it is never loaded
 
 A save writes into `.tmp-checkpoint-000012/`, fsyncs, then renames (and fsyncs the parent): the
 rename is atomic, so a kill mid-save leaves either the old set of checkpoints or the new one, never
 a torn directory; the next save removes the leftover `.tmp-*`. Pruning runs only after the new
-checkpoint is published, so the newest complete one is never deleted. A failed write (disk full,
-permissions) raises CheckpointError and leaves every existing checkpoint as it was.
+checkpoint is published, so the newest complete one is never deleted, and it first renames a
+checkpoint out of the `checkpoint-*` namespace (`.del-checkpoint-*`, durably) before deleting its
+files one by one: a kill at any moment of a deletion leaves a leftover that nothing lists, never a
+listed checkpoint with its files half gone. A failed write (disk full, permissions) raises
+CheckpointError and leaves every existing checkpoint as it was. Resuming verifies the chosen
+checkpoint against its manifest and falls back to the newest one that verifies.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import re
 import shutil
 from pathlib import Path
 
+from grpo_trainer import manifest
+from grpo_trainer.faults import kill_point
 from grpo_trainer.lora import is_peft
+from grpo_trainer.manifest import MARKER
 from grpo_trainer.rollout.weights import iter_full_weights
 
 log = logging.getLogger(__name__)
 
-MARKER = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -61,12 +68,46 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+class DamagedCheckpoint(ValueError):
+    """A checkpoint's files no longer match its manifest; the message names the damage."""
+
+
+def newest_verified(output_dir: str | Path, prefix: str = "", purpose: str = "resume=auto") -> Path | None:
+    """The newest complete checkpoint whose files (under `prefix`) match its manifest; None if there
+    is no complete checkpoint. Skipping a damaged one is said in one log line; if every one is
+    damaged, DamagedCheckpoint names the newest's damage."""
+    found = list_checkpoints(output_dir)
+    damaged = []
+    for _, path in reversed(found):
+        problem = manifest.verify(path, prefix)
+        if problem is None:
+            if damaged:
+                log.warning("%s: %s is damaged (%s); using %s instead", purpose, damaged[0][0].name,
+                            damaged[0][1], path.name)
+            return path
+        damaged.append((path, problem))
+    if damaged:
+        path, problem = damaged[0]
+        raise DamagedCheckpoint(f"{purpose}: every checkpoint in {str(output_dir)!r} is damaged (newest, "
+                                f"{path.name}: {problem}); restore it from a copy, or start over with "
+                                "trainer.overwrite=true")
+    return None
+
+
+def check_checkpoint(path: Path, what: str, fix: str, prefix: str = "") -> None:
+    """One line naming the damage of the checkpoint `path`, if any (DamagedCheckpoint)."""
+    problem = manifest.verify(path, prefix)
+    if problem is not None:
+        raise DamagedCheckpoint(f"{what} is damaged: {problem}; {fix}")
+
+
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """`resume` is None (fresh), "auto" (newest complete checkpoint, or fresh if none), or a path."""
+    """`resume` is None (fresh), "auto" (newest intact checkpoint, or fresh if none), or a path.
+    Raises DamagedCheckpoint (a ValueError) naming the damage of a checkpoint that is not intact."""
     if resume is None:
         return None
     if resume == "auto":
-        found = latest_checkpoint(output_dir)
+        found = newest_verified(output_dir)
         if found is None:
             log.info("resume=auto: no complete checkpoint in %s; starting from step 0", output_dir)
         return found
@@ -74,6 +115,7 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     if not (path / MARKER).is_file():
         raise FileNotFoundError(f"resume={resume!r} is not a complete checkpoint (no {MARKER} file): "
                                 f"pass a checkpoint-NNNNNN directory or resume=auto")
+    check_checkpoint(path, f"resume={resume!r}", "pass another checkpoint, or resume=auto for the newest intact one")
     return path
 
 
@@ -103,8 +145,6 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
     RuntimeError)."""
     import torch
 
-    from grpo_trainer.faults import kill_point
-
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(".tmp-" + final.name)
     error: Exception | None = None
@@ -128,7 +168,7 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             kill_point("save_model", step)
             _fsync_tree(tmp)
-            (tmp / MARKER).write_text(f"{step}\n")
+            manifest.write_marker(tmp, step)
             _fsync_tree(tmp)
             kill_point("save_marker", step)
     except Exception as exc:  # noqa: BLE001 - re-raised below as CheckpointError, on every process
@@ -153,6 +193,14 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
     return final
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _publish(tmp: Path, final: Path) -> None:
     """Atomically make `tmp` the checkpoint `final`, durably (the rename itself is fsynced)."""
     old = final.with_name(".old-" + final.name)
@@ -160,12 +208,28 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete a published checkpoint so that no reader ever lists it torn: rename it out of the
+    `checkpoint-*` namespace (fsynced, so a power cut cannot bring the name back), then delete
+    file by file. Kill points after the rename and after every deletion (tests)."""
+    gone = path.with_name(".del-" + path.name)
+    shutil.rmtree(gone, ignore_errors=True)  # a leftover of an earlier kill, if any
+    os.replace(path, gone)
+    _fsync_dir(path.parent)
+    deleted = 0
+    kill_point("prune_delete", deleted)
+    for dirpath, dirs, files in os.walk(gone, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(dirpath, name))
+            deleted += 1
+            kill_point("prune_delete", deleted)
+        for name in dirs:
+            os.rmdir(os.path.join(dirpath, name))
+    os.rmdir(gone)
 
 
 def _merged_weights(accelerator, peft_model) -> dict:
@@ -181,9 +245,10 @@ def _prune(output_dir: str | Path, keep_last: int) -> None:
     """Keep the newest `keep_last` (>= 1) complete checkpoints; drop what killed saves left."""
     complete = list_checkpoints(output_dir)
     for _, path in complete[:-max(keep_last, 1)]:
-        shutil.rmtree(path, ignore_errors=True)
-    for leftover in Path(output_dir).glob(".tmp-checkpoint-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        _remove(path)
+    for pattern in (".tmp-checkpoint-*", ".del-checkpoint-*"):
+        for leftover in Path(output_dir).glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl")
@@ -192,7 +257,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl")
 def clear_run(output_dir: str | Path) -> None:
     """trainer.overwrite: delete what a run writes (checkpoints, logs), nothing else in the directory."""
     root = Path(output_dir)
-    for pattern in ("checkpoint-*", ".tmp-checkpoint-*", ".old-checkpoint-*", *RUN_FILES):
+    for pattern in ("checkpoint-*", ".tmp-checkpoint-*", ".old-checkpoint-*", ".del-checkpoint-*", *RUN_FILES):
         for path in root.glob(pattern):
             if path.is_dir():
                 shutil.rmtree(path)

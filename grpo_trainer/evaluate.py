@@ -52,7 +52,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def resolve_eval_model(spec: str) -> tuple[str, int | None]:
     """(loadable model path, checkpoint step or None) for an alias, HF dir, hub id, run dir or
     checkpoint dir."""
-    from grpo_trainer.checkpoint import MARKER, list_checkpoints
+    from grpo_trainer.checkpoint import MARKER, check_checkpoint, newest_verified
     from grpo_trainer.models import resolve_model_path
 
     path = Path(spec).expanduser()
@@ -60,12 +60,14 @@ def resolve_eval_model(spec: str) -> tuple[str, int | None]:
         if (path / "model" / "config.json").is_file():  # a checkpoint-NNNNNN directory
             if not (path / MARKER).is_file():
                 log.warning("%s has no %s marker: its save may have been interrupted", path, MARKER)
+            else:  # only model/ is read here: damage elsewhere does not matter to an evaluation
+                check_checkpoint(path, f"checkpoint {spec!r}", "pass another checkpoint, or the run directory "
+                                 "(its newest intact checkpoint is used)", prefix="model/")
             m = _CKPT.match(path.name)
             return str(path / "model"), int(m.group(1)) if m else None
-        found = [(step, ckpt) for step, ckpt in list_checkpoints(path) if (ckpt / "model" / "config.json").is_file()]
-        if found:
-            step, ckpt = found[-1]
-            return str(ckpt / "model"), step
+        ckpt = newest_verified(path, prefix="model/", purpose=f"evaluate {spec!r}")
+        if ckpt is not None:
+            return str(ckpt / "model"), int(_CKPT.match(ckpt.name).group(1))
         if any(_CKPT.match(child.name) for child in path.iterdir()):
             raise ValueError(f"run directory {spec!r} has no complete checkpoint-*/model (every save was "
                              f"interrupted); pass a checkpoint directory or HF model directory instead")

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 # `phase` or `phase@step`: the process SIGKILLs itself there (tests of crash safety only).
 # Phases: step (after a step is logged, before its save), save_state, save_model, save_marker
-# (inside a save, before the atomic rename), save_prune (after the rename, before pruning).
+# (inside a save, before the atomic rename), save_prune (after the rename, before pruning),
+# prune_delete@K (pruning, after K files of a removed checkpoint were deleted; K=0: after its rename).
 KILL_ENV = "GRPO_TRAINER_TEST_KILL_AT"
 
 

@@ -43,14 +43,11 @@ def check_output_dir(cfg: Config) -> None:
     if cfg.resume is not None and cfg.trainer.overwrite:
         raise ConfigError(f"resume={cfg.resume!r} and trainer.overwrite=true contradict each other: "
                           "pass one of them")
-    if cfg.resume not in (None, "auto"):
-        try:
-            path = resolve_resume(cfg.resume, run)
-        except FileNotFoundError as exc:
-            raise ConfigError(str(exc)) from None
-        saved = path.parent / "config.yaml"
-    else:
-        saved = run / "config.yaml"
+    try:  # also verifies the checkpoint it would load, so damage is told before anything loads
+        path = resolve_resume(cfg.resume, run)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    saved = path.parent / "config.yaml" if cfg.resume not in (None, "auto") else run / "config.yaml"
     if cfg.resume is not None:  # a resumed run must be the same run
         diff = _differences(saved, cfg, RESUME_MAY_CHANGE) if saved.is_file() else []
         if diff:

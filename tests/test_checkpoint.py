@@ -46,7 +46,11 @@ def _save(parts, out, step, keep=2):
 def test_save_is_complete_and_prunes_to_keep_last(parts, tmp_path):
     for step in (1, 2, 3):
         path = _save(parts, tmp_path, step)
-        assert (path / MARKER).read_text() == f"{step}\n"
+        listed = json.loads((path / MARKER).read_text())  # the manifest: every file with its size
+        assert listed["step"] == step and listed["files"]["state/optimizer.bin"][0] == (
+            path / "state" / "optimizer.bin").stat().st_size
+        assert sorted(listed["files"]) == sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                                                 if p.is_file() and p.name != MARKER)
         assert json.loads((path / "trainer_state.json").read_text()) == {"step": step}
         assert (path / "model" / "model.safetensors").is_file() and (path / "state" / "optimizer.bin").is_file()
     # keep_last=2: step 1 is gone; no temporary directory is left behind.
