@@ -267,6 +267,11 @@ def clear_run(output_dir: str | Path) -> None:
 
 
 def load_checkpoint(accelerator, path: Path) -> dict:
-    """Restore model/optimizer/scheduler/RNG in place; return the trainer state."""
-    accelerator.load_state(str(path / "state"))
-    return json.loads((path / "trainer_state.json").read_text())
+    """Restore model/optimizer/scheduler/RNG in place; return the trainer state. Damage that the
+    manifest's sampled checksums missed still ends in one line (DamagedCheckpoint), not a traceback."""
+    try:
+        accelerator.load_state(str(path / "state"))
+        return json.loads((path / "trainer_state.json").read_text())
+    except Exception as exc:  # noqa: BLE001 - safetensors, pickle and json each raise their own kind
+        raise DamagedCheckpoint(f"{path} cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                                "pass another checkpoint, or resume=auto after moving this one away") from exc
