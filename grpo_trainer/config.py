@@ -6,7 +6,8 @@ Every mistake is reported as one `ConfigError` line that names the key and what 
 unknown keys suggest the closest valid one and list the valid ones, wrong types name the expected
 type, out-of-range values name the range. Overrides are merged into the recipe key by key; their
 values are YAML (`3` -> int, `null` -> None, `[{name: gsm8k}]` -> list). Float fields also take
-numeric strings such as "1e-5", which YAML 1.1 (PyYAML) reads as a string for want of a dot.
+numeric strings such as "1e-5", which YAML 1.1 (PyYAML) reads as a string for want of a dot; int
+fields take whole numbers in any notation (`1e3`, `1.5e3`), and refuse fractions.
 """
 
 from __future__ import annotations
@@ -164,6 +165,9 @@ class TrainerConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # Consecutive steps with a non-finite loss or gradient norm (each skipped) before the run stops.
     max_bad_steps: int = 3
+    # Consecutive steps in which no reward function gave any sample a finite score (all NaN, inf
+    # or None: nothing to learn from) before the run stops.
+    max_no_reward_steps: int = 3
     # Start fresh in an output_dir that holds another run (its checkpoints and logs are deleted).
     overwrite: bool = False
 
@@ -190,7 +194,7 @@ _RANGES = [
      "algorithm.num_mini_batches algorithm.max_gen_rounds "
      "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
      "trainer.eval_examples "
-     "trainer.keep_last trainer.max_bad_steps model.lora.r"),
+     "trainer.keep_last trainer.max_bad_steps trainer.max_no_reward_steps model.lora.r"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
      "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every"),

@@ -5,6 +5,7 @@ different config. Every problem is one `ConfigError` line naming the key and wha
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import difflib
 import math
 import re
@@ -59,9 +60,26 @@ def _type_name(tp: Any) -> str:
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
+def _whole_number(key: str, value: Any, allowed: str) -> int | None:
+    """1e3 (a str to PyYAML), 1.5e3 or 1000.0 as the int they denote; None if not a number at
+    all. Decimal, not float, so that a long integer written with an exponent is not rounded."""
+    if isinstance(value, float):
+        number = decimal.Decimal(value) if math.isfinite(value) else None
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = decimal.Decimal(value.strip())
+    else:
+        return None
+    if number is not None and number.adjusted() > 30:  # 1e999999 would build a million-digit int
+        raise ConfigError(f"{key}={_show(value)} is out of range: expected {allowed} below 1e30")
+    if number is None or number != number.to_integral_value():
+        raise ConfigError(f"{key}={_show(value)} is not a whole number: expected {allowed} (e.g. 1000 or 1e3)")
+    return int(number)
+
+
 def _coerce(key: str, value: Any, tp: Any, allowed: str | None = None) -> Any:
     """Check `value` against the annotation `tp`. Ints are accepted where floats are expected, and
-    so are numeric strings, because PyYAML reads `1e-5` (no dot) as a string."""
+    so are numeric strings, because PyYAML reads `1e-5` (no dot) as a string; int fields take
+    numbers in any notation that denote a whole number (`1e3`, `1.5e3`)."""
     allowed = allowed or _type_name(tp)
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -97,6 +115,9 @@ def _coerce(key: str, value: Any, tp: Any, allowed: str | None = None) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        whole = _whole_number(key, value, allowed)
+        if whole is not None:
+            return whole
     elif tp in (bool, str, list, dict):
         if isinstance(value, tp):
             return value
@@ -242,8 +263,9 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
             raise ConfigError(f"recipe {str(path)!r} is not valid YAML{where}: {problem}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"recipe {str(path)!r} cannot be read ({exc}): pass a UTF-8 YAML file") from None
-        if tree is None:
-            tree = {}
+        if tree is None:  # defaults are a fine start, but an empty file is more likely a mistake
+            raise ConfigError(f"recipe {str(path)!r} is empty (or only comments): pass a recipe from recipes/, "
+                              "or write at least one section (e.g. trainer: {output_dir: runs/x})")
         if not isinstance(tree, dict):
             raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections (model:, data:, ...), "
                               f"got {_show(tree)}")

@@ -17,15 +17,21 @@ SAME_RUN_IGNORE = DEFAULT_DIFF_IGNORE + ("trainer.output_dir",)
 # Keys that do not change what a step computes: a resumed run may change them.
 RESUME_MAY_CHANGE = SAME_RUN_IGNORE + (
     "trainer.save_every", "trainer.keep_last", "trainer.log_samples_every", "trainer.num_log_samples",
-    "trainer.torch_threads", "trainer.max_bad_steps",
+    "trainer.torch_threads", "trainer.max_bad_steps", "trainer.max_no_reward_steps",
     # Held-out evaluation restores the RNG it uses, so it does not change the training steps.
     "trainer.eval_every", "trainer.eval_examples", "data.eval_source")
 
 
 def preflight(cfg: Config) -> None:
     check_output_dir(cfg)
+    check_writable(cfg)
+    check_rewards(cfg)
     check_data(cfg)
     check_model(cfg)
+
+
+def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith((p + ".", p + "[")) for p in prefixes)
 
 
 def _differences(saved: Path, cfg: Config, ignore: tuple[str, ...]) -> list[str]:
@@ -59,34 +65,97 @@ def check_output_dir(cfg: Config) -> None:
         return
     diff = _differences(saved, cfg, SAME_RUN_IGNORE) if saved.is_file() else []
     checkpoints = list_checkpoints(run)
-    if diff:
+    # Offer only what the checks would then accept: resume=auto is refused while a key outside
+    # RESUME_MAY_CHANGE differs, and without a checkpoint there is nothing to continue.
+    blocking = [k for k in diff if not _covered(k, RESUME_MAY_CHANGE)]
+    if blocking or (diff and not checkpoints):
+        restore = checkpoints and not any("unreadable" in k for k in diff)
         raise ConfigError(f"{where} holds another run with a different config (differs in: "
-                          f"{', '.join(diff[:6])}); pass trainer.overwrite=true to replace it, resume=auto to "
-                          "continue it, or another trainer.output_dir")
+                          f"{', '.join(diff[:6])}); pass trainer.overwrite=true to replace it"
+                          + (", restore those values and pass resume=auto to continue it" if restore else "")
+                          + ", or pass another trainer.output_dir")
     if checkpoints:
         raise ConfigError(f"{where} already holds checkpoints of this run (newest: step {checkpoints[-1][0]}); "
                           "pass resume=auto to continue it, trainer.overwrite=true to start over, or another "
                           "trainer.output_dir")
 
 
-def check_data(cfg: Config) -> None:
-    """Local files only: reading them is cheap, and hub datasets are checked when loaded."""
-    d = cfg.data
-    if d.source == "synthetic" or not (os.path.exists(d.source) or d.source.endswith((".jsonl", ".json",
-                                                                                        ".parquet"))):
+def check_writable(cfg: Config) -> None:
+    """Create the output directory (and any missing parents) and a file in it, then remove what
+    was created: a read-only file system, a parent that is a file or a missing permission shows
+    here instead of as a traceback at the first save. Only global rank 0 (the process that
+    writes the run) probes, so processes starting together never remove a directory another one
+    is probing."""
+    if os.environ.get("RANK", "0") != "0":
         return
-    from grpo_trainer.data import load_examples
+    run = Path(cfg.trainer.output_dir)
+    where = f"trainer.output_dir={str(run)!r}"
+    missing, created = [], []
+    try:
+        top = run.absolute()
+        while not top.exists():  # False for a path under a file too (ENOTDIR)
+            missing.append(top)
+            top = top.parent
+        if not top.is_dir():
+            raise ConfigError(f"{where} is inside {str(top)!r}, which is a file: pass a path inside a directory")
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:  # made meanwhile by someone else: not ours to remove
+                continue
+            created.append(path)
+        probe = run / f".write-probe-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be written ({exc.strerror or exc}): pass a directory you can "
+                          "write to") from None
+    finally:
+        for path in reversed(created):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
+def check_rewards(cfg: Config) -> None:
+    """Verifier names and options, 'module:function' imports: known in a second, where the
+    trainer would only find them after loading the model."""
+    from grpo_trainer.rewards import RewardError, check_reward_specs
 
     try:
-        examples = load_examples(d.source, d.split, d.num_examples, d.seed, d.difficulty, d.question_key,
-                                 d.answer_key)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"data.source={d.source!r} cannot be read ({exc.strerror})") from None
+        check_reward_specs(cfg.reward.functions, cfg.reward.format_gated)
+    except RewardError as exc:
+        raise ConfigError(f"reward.functions: {exc}") from None
+
+
+def _is_local_file(source: str) -> bool:
+    return source != "synthetic" and (os.path.exists(source) or source.endswith((".jsonl", ".json", ".parquet")))
+
+
+def _load(key: str, source: str, split: str, num_examples: int | None, cfg: Config) -> list:
+    from grpo_trainer.data import load_examples
+
+    d = cfg.data
+    try:
+        return load_examples(source, split, num_examples, d.seed, d.difficulty, d.question_key, d.answer_key)
+    except OSError as exc:
+        raise ConfigError(f"{key}={source!r} cannot be read ({exc.strerror or exc})") from None
     except ValueError as exc:
-        raise ConfigError(f"data.source: {exc}") from None
-    if len(examples) < cfg.trainer.prompts_per_step:
-        raise ConfigError(f"data.source={d.source!r} has {len(examples)} usable examples, fewer than "
-                          f"trainer.prompts_per_step={cfg.trainer.prompts_per_step}: add data or lower it")
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def check_data(cfg: Config) -> None:
+    """Local files only: reading them is cheap, and hub datasets are checked when loaded."""
+    d, t = cfg.data, cfg.trainer
+    if _is_local_file(d.source):
+        examples = _load("data.source", d.source, d.split, d.num_examples, cfg)
+        if len(examples) < t.prompts_per_step:
+            raise ConfigError(f"data.source={d.source!r} has {len(examples)} usable examples, fewer than "
+                              f"trainer.prompts_per_step={t.prompts_per_step}: add data or lower it")
+    if t.eval_every > 0 and d.eval_source and _is_local_file(d.eval_source):
+        _load("data.eval_source", d.eval_source, "test", t.eval_examples, cfg)  # as the trainer reads it
 
 
 def check_model(cfg: Config) -> None:

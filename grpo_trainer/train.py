@@ -2,8 +2,10 @@
 --recipe recipes/quickstart.yaml [section.key=value ...] [--resume auto|PATH]`.
 
 Exit codes: 0 done (or the run had already finished); 2 bad input (recipe, data, model path,
-output directory), told in one `error: ...` line on stderr before any model is loaded; 1 the run
-stopped on a fault (repeated non-finite updates, a checkpoint that could not be written)."""
+output directory, reward specs), told in one `error: ...` line on stderr before any model is
+loaded, or a reward function that raised; 1 the run stopped on a fault (repeated non-finite
+updates, steps without any finite reward, a checkpoint that could not be written).
+`accelerate launch` reports any failure as 1 (pass it -q to keep its own traceback away)."""
 
 from __future__ import annotations
 

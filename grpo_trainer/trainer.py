@@ -24,6 +24,7 @@ from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples,
 from grpo_trainer.faults import NonFiniteGuard, kill_point
 from grpo_trainer.metrics import MetricsLogger, PhaseTimer
 from grpo_trainer.models import load_causal_lm, load_tokenizer, resolve_model_path
+from grpo_trainer.reward_guard import RewardGuard
 from grpo_trainer.rewards import build_reward_fn
 from grpo_trainer.rollout import RolloutBatch, SamplingConfig, concat_batches, make_engine, select_groups
 from grpo_trainer.rollout.weights import iter_full_weights
@@ -100,6 +101,7 @@ class GRPOTrainer:
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         torch.set_num_threads(self.threads)  # engines lower it for serving
         self.guard = NonFiniteGuard(t.max_bad_steps)
+        self.reward_guard = RewardGuard(t.max_no_reward_steps)
         self.updater = PolicyUpdater(acc, self.model, self.optimizer, self.ref, self.tokenizer.pad_token_id, a,
                                      r.temperature, t.micro_batch_size, t.max_grad_norm, r.max_completion_length,
                                      guard=self.guard, micro_batch_tokens=t.micro_batch_tokens,
@@ -109,7 +111,7 @@ class GRPOTrainer:
         self._reward_kl = None
         # Everything besides model/optimizer/scheduler/RNG (accelerate's) that the next step depends
         # on: each has state_dict()/load_state_dict() and is saved in trainer_state.json.
-        self.stateful = {"sampler": self.sampler, "guard": self.guard}
+        self.stateful = {"sampler": self.sampler, "guard": self.guard, "reward_guard": self.reward_guard}
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict]:
@@ -136,6 +138,7 @@ class GRPOTrainer:
                 metrics.update(self.guard.end_step(self.step))
                 self.logger.log(self.step, metrics)
                 self.guard.raise_if_exhausted(self.step)
+                self.reward_guard.raise_if_exhausted(self.step)
                 kill_point("step", self.step)
                 if self._should_save():
                     self.save()
@@ -165,6 +168,8 @@ class GRPOTrainer:
                 self.sync_weights()
         self._log_samples(idx, batch, rewards)
         metrics.update(self._reward_metrics(samples))
+        self.reward_guard.observe(self.acc, {k[len("reward/"):]: v for k, v in samples.items()
+                                             if k.startswith("reward/")}, self.step)
         metrics.update(dyn)
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         metrics["train/beta"] = self.beta

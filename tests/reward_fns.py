@@ -43,3 +43,25 @@ def by_kind(completions, completion_ids, kind, **kwargs):
     table = {"right": lambda ids: 1.0, "wrong": lambda ids: 0.0,
              "mixed": lambda ids: sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1)}
     return [table[k](ids) for ids, k in zip(completion_ids, kind)]
+
+
+def always_nan(completions, **kwargs):
+    # "No opinion" on every sample: a reward that gives the run nothing to learn from.
+    return [float("nan")] * (len(completions) - 1) + [float("inf")]
+
+
+_calls = {"n": 0}
+
+
+def fails_on_second_call(completions, completion_ids, **kwargs):
+    # Step 1 scores (so a checkpoint is written), step 2 raises: a run dies mid-way with a
+    # checkpoint on disk. The counter is per process: each run of the tests is a fresh fork.
+    _calls["n"] += 1
+    if _calls["n"] >= 2:
+        return [len(ids) / 0 for ids in completion_ids]
+    return even_token_fraction(completions, completion_ids)
+
+
+def reads_missing_column(completions, **kwargs):
+    # Expects a dataset column the data does not have: a KeyError inside user code.
+    return [float(s) for s in kwargs["score"]]

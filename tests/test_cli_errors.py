@@ -73,6 +73,7 @@ def test_wrong_type(out):
     ("rollout.num_generations=1", "rollout.num_generations=1 is too small"),
     ("trainer.max_steps=0", "trainer.max_steps=0 is out of range"),
     ("trainer.max_bad_steps=0", "trainer.max_bad_steps=0 is out of range"),
+    ("trainer.max_no_reward_steps=0", "trainer.max_no_reward_steps=0 is out of range: expected an integer >= 1"),
 ])
 def test_out_of_range(out, override, needle):
     one_error(cli(f"trainer.output_dir={out}", override), needle)

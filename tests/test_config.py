@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 TRAINER_KEYS = ("output_dir, max_steps, prompts_per_step, micro_batch_size, micro_batch_tokens, learning_rate, lr_scheduler, "
                 "warmup_steps, weight_decay, adam_beta1, adam_beta2, max_grad_norm, seed, save_every, keep_last, "
-                "log_samples_every, num_log_samples, torch_threads, eval_every, eval_examples, mixed_precision, max_bad_steps, overwrite")
+                "log_samples_every, num_log_samples, torch_threads, eval_every, eval_examples, mixed_precision, max_bad_steps, max_no_reward_steps, overwrite")
 TOP_KEYS = "model, data, rollout, algorithm, reward, trainer, resume"
 
 
@@ -124,9 +124,31 @@ def test_recipe_float_written_without_dot(tmp_path):
 
 
 @pytest.mark.parametrize("override, expected", [
-    # Numeric strings are for float fields only: an int field keeps refusing them.
-    ("trainer.max_steps=1e3", "trainer.max_steps='1e3' has the wrong type: expected int (got str)"),
-    ("data.num_examples=1e3", "data.num_examples='1e3' has the wrong type: expected int or null (got str)"),
+    ("trainer.max_steps=1e3", 1000), ("trainer.max_steps=1.5e3", 1500), ("trainer.max_steps=1000.0", 1000),
+    ("trainer.max_steps=2E+1", 20), ("data.num_examples=1e3", 1000),
+    # Decimal, not float: 2**63 + 1 written with an exponent keeps its last digit.
+    ("trainer.max_steps='922337203685477580.9e1'", 9223372036854775809),
+])
+def test_int_fields_accept_whole_numbers_in_any_notation(override, expected):
+    cfg = load_config(None, [override])
+    key = override.split("=")[0].split(".")[1]
+    value = getattr(cfg.data, key) if override.startswith("data.") else getattr(cfg.trainer, key)
+    assert value == expected and type(value) is int
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_steps=1.5", "trainer.max_steps=1.5 is not a whole number: expected int (e.g. 1000 or 1e3)"),
+    ("trainer.max_steps=25e-1", "trainer.max_steps='25e-1' is not a whole number: expected int (e.g. 1000 or 1e3)"),
+    ("data.num_examples=1.5", "data.num_examples=1.5 is not a whole number: expected int or null (e.g. 1000 or 1e3)"),
+    ("trainer.max_steps=.nan", "trainer.max_steps=nan is not a whole number: expected int (e.g. 1000 or 1e3)"),
+    ("trainer.max_steps=1e999999", "trainer.max_steps='1e999999' is out of range: expected int below 1e30"),
+    ("trainer.max_steps=-1e3", "trainer.max_steps=-1000 is out of range: expected an integer >= 1"),
+])
+def test_int_fields_refuse_fractions(override, expected):
+    assert error(None, [override]) == expected
+
+
+@pytest.mark.parametrize("override, expected", [
     ("trainer.learning_rate=abc", "trainer.learning_rate='abc' has the wrong type: expected float (got str)"),
     ("trainer.learning_rate=1e-5x", "trainer.learning_rate='1e-5x' has the wrong type: expected float (got str)"),
     # Quoted "nan" is text, not a number; YAML's .nan / .inf are numbers but not finite.
@@ -165,9 +187,12 @@ def test_override_key_whitespace_is_ignored():
     assert load_config(None, [" trainer . max_steps =4"]).trainer.max_steps == 4
 
 
-def test_empty_recipe_and_empty_section_mean_defaults(tmp_path):
-    assert load_config(recipe(tmp_path, "")) == Config()
-    assert load_config(recipe(tmp_path, "# only a comment\n", "c.yaml")) == Config()
+def test_empty_recipe_is_refused_and_empty_sections_mean_defaults(tmp_path):
+    # An empty file is more likely a mistake (a wrong path, an unsaved editor) than a wish for defaults.
+    for name, text in (("r.yaml", ""), ("c.yaml", "# only a comment\n")):
+        path = recipe(tmp_path, text, name)
+        assert error(path) == (f"recipe {str(path)!r} is empty (or only comments): pass a recipe from recipes/, "
+                               "or write at least one section (e.g. trainer: {output_dir: runs/x})")
     assert load_config(recipe(tmp_path, "trainer:\nmodel:\n", "s.yaml")) == Config()
 
 
@@ -384,7 +409,7 @@ def test_unknown_top_level_key_in_recipe(tmp_path):
 @pytest.mark.parametrize("override, expected", [
     ("trainer.max_steps=abc", "trainer.max_steps='abc' has the wrong type: expected int (got str)"),
     ("trainer.max_steps=true", "trainer.max_steps=True has the wrong type: expected int (got bool)"),
-    ("trainer.max_steps=3.0", "trainer.max_steps=3.0 has the wrong type: expected int (got float)"),
+    ("trainer.max_steps=3.5", "trainer.max_steps=3.5 is not a whole number: expected int (e.g. 1000 or 1e3)"),
     ("trainer.max_steps=null", "trainer.max_steps=None has the wrong type: expected int (got null)"),
     ("algorithm.beta=[1]", "algorithm.beta=[1] has the wrong type: expected float (got list)"),
     ("algorithm.beta=true", "algorithm.beta=True has the wrong type: expected float (got bool)"),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo_trainer.rewards import RewardComputer, RewardError, VerifyResult, build_reward_fn, register_verifier
+from grpo_trainer.rewards import (RewardComputer, RewardError, VerifyResult, build_reward_fn, check_reward_specs,
+                                  register_verifier)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,10 +130,15 @@ def test_all_none_mean_is_nan():
         ("tests.reward_fns:missing", "has no attribute"),
         ("tests.reward_fns:NOT_CALLABLE", "not callable"),
         ("tests.reward_fns:", "is not 'module.path:function'"),
-        ("gsm9k", "unknown verifier 'gsm9k'; known: "),
+        ("gsm9k", r"unknown verifier 'gsm9k' \(did you mean 'gsm8k'\?\); known: "),
+        ("tests.broken_reward_module:f", "importing module 'tests.broken_reward_module' raised ZeroDivisionError: "
+                                         "division by zero; fix that module"),
     ],
 )
 def test_bad_spec_names(name, message):
+    # A spec is resolved, with the same message, without starting the worker pool (preflight's use).
+    with pytest.raises(RewardError, match=message):
+        check_reward_specs([{"name": name}])
     with pytest.raises(RewardError, match=message) as e:
         RewardComputer([{"name": name}])
     assert "\n" not in str(e.value)
@@ -159,6 +165,10 @@ def test_bad_specs(specs, message):
     [
         ("tests.reward_fns:wrong_length", "returned 3 values for 2 completions"),
         ("tests.reward_fns:not_a_number", "each value must be a float or None"),
+        # Named, with the exception and where it was raised, in one line.
+        ("tests.reward_fns:reads_missing_column", r"^reward 'tests.reward_fns:reads_missing_column' raised KeyError: "
+                                                  r"'score' \(at \S+/tests/reward_fns.py:\d+\); fix the function or "
+                                                  r"remove it from reward.functions$"),
     ],
 )
 def test_custom_function_contract_errors(name, message):

@@ -44,10 +44,24 @@ def extract_gold(answer: str) -> str | None:
     return gold or None
 
 
+def _not_utf8(path: str, data: bytes, exc: UnicodeDecodeError, lineno: int | None = None) -> ValueError:
+    """Where the first bad byte is, in terms a user can find in an editor. data: the whole file,
+    or (with lineno) just that line."""
+    at = exc.start
+    line = lineno if lineno is not None else data.count(b"\n", 0, at) + 1
+    column = at - data.rfind(b"\n", 0, at)  # 1-based: rfind gives -1 on the first line
+    return ValueError(f"{path}:{line} is not UTF-8 (byte 0x{data[at]:02x} at column {column}); re-save the file "
+                      "as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)")
+
+
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line so a bad byte is reported with its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, raw, e, lineno=lineno) from None
             if not line.strip():
                 continue
             try:
@@ -61,11 +75,16 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
 
 
 def _read_json(path: str, split: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, raw, e) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     # Accept a list of rows, or {split: [rows]} / {"data": [rows]} as some exports write.
     if isinstance(data, dict):
         for key in (split, "data"):

@@ -14,7 +14,7 @@ from grpo_trainer.rewards.gsm8k import gsm8k_fast, gsm8k_verifier
 from grpo_trainer.rewards.math_answer import math_verifier
 from grpo_trainer.rewards.format import format_verifier
 from grpo_trainer.rewards.pool import VerifierPool
-from grpo_trainer.rewards.computer import RewardComputer, build_reward_fn
+from grpo_trainer.rewards.computer import RewardComputer, build_reward_fn, check_reward_specs
 
 __all__ = [
     "FAILED",
@@ -24,6 +24,7 @@ __all__ = [
     "VerifierPool",
     "VerifyResult",
     "build_reward_fn",
+    "check_reward_specs",
     "clean_text",
     "format_verifier",
     "get_verifier",

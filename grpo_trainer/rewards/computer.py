@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import pickle
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from grpo_trainer.rewards.pool import VerifierPool
-from grpo_trainer.rewards.registry import VerifierEntry, get_entry, load_reward_function
+from grpo_trainer.rewards.registry import VerifierEntry, first_line, get_entry, load_reward_function
 from grpo_trainer.rewards.types import DEFAULT_MAX_CHARS, RewardError, RewardOutput, VerifyResult, clean_text
 
 
@@ -82,6 +83,18 @@ def _check_entry(entry: VerifierEntry, kwargs: dict) -> None:
             ) from None
 
 
+def check_reward_specs(specs: Sequence[dict], format_gated: bool = False) -> list[_Spec]:
+    """Everything about `specs` that can be known before a batch: verifier names, their options,
+    'module:function' imports. Starts no worker process, so it is cheap enough for a preflight."""
+    parsed = _parse_specs(specs)
+    kinds = [s.entry.kind for s in parsed if s.entry is not None]
+    if format_gated and not {"format", "correctness"} & set(kinds):
+        raise RewardError(
+            "format_gated=True needs a 'format' or correctness ('gsm8k', 'math') spec; add one or drop the gate"
+        )
+    return parsed
+
+
 class RewardComputer:
     """Scores a batch: `rc(prompts, completions, completion_ids, answers, **columns)`.
 
@@ -102,16 +115,12 @@ class RewardComputer:
     ):
         if max_chars <= 0:
             raise RewardError(f"max_chars must be > 0, got {max_chars}; pass a positive character budget")
-        self.specs = _parse_specs(specs)
+        self.specs = check_reward_specs(specs, format_gated)
         self.max_chars = max_chars
         self.format_gated = format_gated
         kinds = [s.entry.kind if s.entry else "custom" for s in self.specs]
         self._correct_i = kinds.index("correctness") if "correctness" in kinds else None
         self._format_i = kinds.index("format") if "format" in kinds else self._correct_i
-        if format_gated and self._format_i is None:
-            raise RewardError(
-                "format_gated=True needs a 'format' or correctness ('gsm8k', 'math') spec; add one or drop the gate"
-            )
         needs_pool = any(s.entry is not None and not s.entry.in_process for s in self.specs)
         # Started now so the workers' sympy import overlaps the caller's own start-up.
         self._pool = VerifierPool(num_workers, timeout_s, memory_mb) if needs_pool else None
@@ -189,7 +198,14 @@ class RewardComputer:
         if clash:
             raise RewardError(f"reward {spec.label!r}: kwargs {sorted(clash)} clash with batch columns; rename them")
         kwargs.update(spec.kwargs)
-        out = spec.func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        try:
+            out = spec.func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        except Exception as e:  # noqa: BLE001 - user code: name it, and where it failed, in one line
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            raise RewardError(
+                f"reward {spec.label!r} raised {type(e).__name__}: {first_line(e)} "
+                f"(at {frame.filename}:{frame.lineno}); fix the function or remove it from reward.functions"
+            ) from e
         n = len(completions)
         if not isinstance(out, (list, tuple)) or len(out) != n:
             got = f"{len(out)} values" if isinstance(out, (list, tuple)) else type(out).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -59,6 +60,12 @@ def register_verifier(
     return decorator
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to one bounded line, for one-line errors about user code."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "")[:limit]
+
+
 def _ident(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
@@ -71,8 +78,10 @@ def get_entry(name: str) -> VerifierEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
+        close = difflib.get_close_matches(name, known_verifiers(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RewardError(
-            f"unknown verifier {name!r}; known: {', '.join(known_verifiers())} "
+            f"unknown verifier {name!r}{hint}; known: {', '.join(known_verifiers())} "
             "(or give a reward function as 'module.path:function')"
         ) from None
 
@@ -91,6 +100,9 @@ def load_reward_function(path: str) -> Callable[..., list]:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise RewardError(f"reward {path!r}: cannot import module {module_name!r} ({e}); check the path and sys.path") from None
+    except Exception as e:  # noqa: BLE001 - the module's own code failed (SyntaxError, NameError, ...)
+        raise RewardError(f"reward {path!r}: importing module {module_name!r} raised {type(e).__name__}: "
+                          f"{first_line(e)}; fix that module") from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
