@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from grpo_trainer.faults import TrainingAborted
+from grpo_trainer.rewards import RewardError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ class RewardGuard:
 
     def raise_if_exhausted(self, step: int) -> None:
         if self.consecutive >= self.max_steps:
-            raise TrainingAborted(
+            # Bad input (a broken reward function), not a fault of training: exit code 2 like the rest.
+            raise RewardError(
                 f"stopped at step {step}: for {self.consecutive} consecutive steps no reward gave any sample a "
                 f"finite score (trainer.max_no_reward_steps={self.max_steps}), so there was nothing to learn "
                 f"from; fix {', '.join(repr(x) for x in self._silent)} (NaN, inf or None for every sample), "
