@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from grpo_trainer import algo, distributed, lora
+from grpo_trainer import algo, distributed, lora, stopping
 from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
@@ -128,6 +128,7 @@ class GRPOTrainer:
             log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
             return []
         self.logger = MetricsLogger(self.run_dir, acc.is_main_process, self.step, cfg.trainer.max_steps)
+        stopping.defer()  # a SIGINT/SIGTERM from here on stops the run at the end of a step
         try:
             while self.step < cfg.trainer.max_steps:
                 self.step += 1
@@ -140,8 +141,11 @@ class GRPOTrainer:
                 self.guard.raise_if_exhausted(self.step)
                 self.reward_guard.raise_if_exhausted(self.step)
                 kill_point("step", self.step)
-                if self._should_save():
+                stop = stopping.agreed(acc) if self.step < cfg.trainer.max_steps else 0
+                if self._should_save() or stop:
                     self.save()
+                if stop:
+                    raise stopping.RunStopped(self.step, stop)
         finally:
             self.logger.close()
             self.reward_fn.close()

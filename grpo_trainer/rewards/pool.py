@@ -99,8 +99,10 @@ def worker_entry() -> None:
 
 
 def _worker_main(conn, soft_s: float, memory_mb: int) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    # Ctrl-C, and the SIGTERM torch's elastic agent sends to a trainer's process group, reach the
+    # workers too; the parent decides when they stop (a stopping trainer still finishes its step).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if memory_mb > 0:
         import resource
 
