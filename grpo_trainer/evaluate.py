@@ -5,12 +5,19 @@
         [--temperature 1.0] [--max-tokens 256] [--output eval_results.json]
 
 Each --model is a bundled alias, an HF directory or hub id, a run directory (its newest complete
-checkpoint) or a checkpoint directory (its model/). Models are evaluated one after the other,
-each in its own vLLM engine that is freed before the next starts. Under `accelerate launch` every
-process (also under torchrun; on CPU-only machines `torchrun --nproc_per_node N -m
-grpo_trainer.evaluate ...`) evaluates a strided share of the problems and the results are
-gathered, so greedy numbers do not depend on the process count (sampled ones only through the
-seeds). JSON: {"config": {...}, "results": [one object per model, see `evaluate_model`]}.
+checkpoint) or a checkpoint directory (its model/). When one is a run or checkpoint directory, the
+instruction, system prompt, correctness verifier and engine dtype come from that run's
+config.yaml unless given as flags, and apply to every model (eval_settings.py). Every accuracy has
+a 95 % Wilson interval; the gsm8k verifier is scored with strict and flexible answer extraction on
+the same completions; each later model is compared with the first on the same problems by an
+exact paired test (McNemar's for greedy answers), so a change within noise says so. Models are
+evaluated one after the other, each in its own vLLM engine that is freed before the next starts.
+Under `accelerate launch` every process (also under torchrun; on CPU-only machines
+`torchrun --nproc_per_node N -m grpo_trainer.evaluate ...`) evaluates a strided share of the
+problems and the results are gathered, so greedy numbers do not depend on the process count
+(sampled ones only through the seeds). JSON: {"config": {...}, "results": [one object per model,
+see `evaluate_model`], "comparisons": [one per later model and extraction, see
+`eval_report.compare`]}.
 """
 
 from __future__ import annotations
@@ -21,16 +28,22 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from grpo_trainer.eval_report import compare, format_comparisons, format_table
+from grpo_trainer.eval_settings import DEFAULT_VERIFIER, resolve_eval_model, resolve_settings, scoring_specs
+from grpo_trainer.stats import wilson_interval
+
 log = logging.getLogger(__name__)
 
-DEFAULT_VERIFIER = "gsm8k"
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
+# A round count whose 95 % Wilson interval is within +-0.05 at any accuracy (widest at 0.5: +-0.049
+# on 400, +-0.056 on 300): enough to tell a 10-point gain from noise at a third of GSM8K's test
+# split; `--num-examples all` runs the whole split.
+DEFAULT_NUM_EXAMPLES = 400
+
 # For `_all_gather` outside a live process group: one store per process, one key prefix per call.
 _STORE = None
 _NUM_GATHERS = 0
@@ -47,33 +60,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n < 1 or not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"pass_at_k needs n >= 1, 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def resolve_eval_model(spec: str) -> tuple[str, int | None]:
-    """(loadable model path, checkpoint step or None) for an alias, HF dir, hub id, run dir or
-    checkpoint dir."""
-    from grpo_trainer.checkpoint import MARKER, check_checkpoint, newest_verified
-    from grpo_trainer.models import resolve_model_path
-
-    path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file():
-        if (path / "model" / "config.json").is_file():  # a checkpoint-NNNNNN directory
-            if not (path / MARKER).is_file():
-                log.warning("%s has no %s marker: its save may have been interrupted", path, MARKER)
-            else:  # only model/ is read here: damage elsewhere does not matter to an evaluation
-                check_checkpoint(path, f"checkpoint {spec!r}", "pass another checkpoint, or the run directory "
-                                 "(its newest intact checkpoint is used)", prefix="model/")
-            m = _CKPT.match(path.name)
-            return str(path / "model"), int(m.group(1)) if m else None
-        ckpt = newest_verified(path, prefix="model/", purpose=f"evaluate {spec!r}")
-        if ckpt is not None:
-            return str(ckpt / "model"), int(_CKPT.match(ckpt.name).group(1))
-        if any(_CKPT.match(child.name) for child in path.iterdir()):
-            raise ValueError(f"run directory {spec!r} has no complete checkpoint-*/model (every save was "
-                             f"interrupted); pass a checkpoint directory or HF model directory instead")
-        raise ValueError(f"{spec!r} is neither an HF model directory (config.json), a checkpoint directory "
-                         f"(model/config.json) nor a run directory (checkpoint-*/); check the path")
-    return resolve_model_path(spec), None
 
 
 def check_verifier_specs(specs: list[dict]) -> None:
@@ -97,23 +83,34 @@ def check_sampling(k: int, num_samples: int, temperature: float) -> None:
                          f"(temperature 0) gives one answer, so use k=1, or temperature > 0 (e.g. 1.0) for pass@k")
 
 
-def aggregate(records: list[dict], k: int) -> dict[str, float]:
+def aggregate(records: list[dict], k: int) -> dict[str, Any]:
     """Dataset metrics from per-problem counts (each record: num_samples, num_correct,
-    num_formatted, num_tokens, num_truncated). accuracy is the mean per-problem c/n: greedy pass@1
-    at temperature 0, avg@n (= unbiased pass@1) with sampling; pass@k as in `pass_at_k`."""
+    num_formatted, num_tokens, num_truncated, optionally correct_by {extraction: count}).
+    accuracy is the mean per-problem c/n: greedy pass@1 at temperature 0, avg@n (= unbiased
+    pass@1) with sampling; pass@k as in `pass_at_k`. Each has a 95 % Wilson interval over the
+    problems (`stats.wilson_interval`); by_extraction holds the same per answer-extraction mode."""
     if not records:
         raise ValueError("no problems were evaluated; pass a non-empty data set")
     samples = sum(r["num_samples"] for r in records)
+
+    def rates(key: str | None) -> dict[str, Any]:
+        counts = [r["num_correct"] if key is None else r["correct_by"][key] for r in records]
+        acc = sum(pass_at_k(r["num_samples"], c, 1) for r, c in zip(records, counts)) / len(records)
+        at_k = sum(pass_at_k(r["num_samples"], c, k) for r, c in zip(records, counts)) / len(records)
+        return {"accuracy": acc, "accuracy_ci": list(wilson_interval(acc, len(records))),
+                "pass@k": at_k, "pass@k_ci": list(wilson_interval(at_k, len(records)))}
+
+    labels = list(records[0].get("correct_by", {}))
     return {
-        "accuracy": sum(pass_at_k(r["num_samples"], r["num_correct"], 1) for r in records) / len(records),
-        "pass@k": sum(pass_at_k(r["num_samples"], r["num_correct"], k) for r in records) / len(records),
+        **rates(None),
         "format": sum(r["num_formatted"] for r in records) / samples,
         "mean_completion_tokens": sum(r["num_tokens"] for r in records) / samples,
         "truncated": sum(r["num_truncated"] for r in records) / samples,
+        "by_extraction": {label: rates(label) for label in labels},
     }
 
 
-def _score_chunk(idx, kept, origin, texts, batch, tokenizer, reward_fn, save_completions) -> list[dict]:
+def _score_chunk(idx, kept, origin, texts, batch, tokenizer, reward_fn, labels, save_completions) -> list[dict]:
     G = batch.group_size
     decoded = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
     out = reward_fn(prompts=[texts[i] for i in idx for _ in range(G)], completions=decoded,
@@ -126,7 +123,10 @@ def _score_chunk(idx, kept, origin, texts, batch, tokenizer, reward_fn, save_com
                "num_formatted": sum(out.formatted[r] for r in rows),
                "num_tokens": sum(len(batch.completion_ids[r]) for r in rows),
                "num_truncated": sum(batch.truncated[r] for r in rows),
-               "parsed": [out.parsed[r] for r in rows]}
+               "parsed": [out.parsed[r] for r in rows],
+               # A score of 1 is a correct answer under that extraction (None: the verifier failed).
+               "correct_by": {lab: sum((out.components[lab][r] or 0.0) >= 1.0 for r in rows)
+                              for lab in labels if lab in out.components}}
         if save_completions:
             rec["completions"] = [decoded[r] for r in rows]
         records.append(rec)
@@ -170,8 +170,11 @@ def evaluate_model(
     Returns the `aggregate` metrics plus n (problems), k, num_samples, temperature, max_tokens,
     num_dropped (prompts over max_prompt_length), seconds, path, and per_example: one record per
     problem in `examples` order: index (position in `examples`), gold, num_samples, num_correct,
-    num_formatted, num_tokens, num_truncated, parsed (what the verifier read per sample) and,
-    with save_completions, completions.
+    num_formatted, num_tokens, num_truncated, parsed (what the verifier read per sample),
+    correct_by ({extraction: correct samples}) and, with save_completions, completions.
+    Scoring: `eval_settings.scoring_specs(verifier_specs)` (a gsm8k verifier is scored in both
+    extraction modes, its own mode deciding `accuracy`); a `reward_fn` passed in should be built
+    from those specs, or only the extractions it holds are reported.
     """
     import torch
     from tqdm.auto import tqdm
@@ -184,8 +187,8 @@ def evaluate_model(
     check_sampling(k, n_samples, temperature)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    specs = verifier_specs or [{"name": DEFAULT_VERIFIER}]
-    check_verifier_specs(specs)
+    check_verifier_specs(verifier_specs or [{"name": DEFAULT_VERIFIER}])
+    specs, labels = scoring_specs(verifier_specs or [{"name": DEFAULT_VERIFIER}])
     rank, world = _rank_world()
     kept, texts, ids, dropped = render_prompts(examples, tokenizer, DEFAULT_INSTRUCTION if instruction is None
                                                else instruction, system_prompt, max_prompt_length)
@@ -214,8 +217,11 @@ def evaluate_model(
                 # Distinct per (seed, process, chunk): shards draw independent samples.
                 chunk_seed = (seed * 1_000_003 + rank * 7919 + c) % (2**31)
                 batch = engine.generate([ids[i] for i in idx], sampling, chunk_seed)
-                records += _score_chunk(idx, kept, origin, texts, batch, tokenizer, reward_fn, save_completions)
+                records += _score_chunk(idx, kept, origin, texts, batch, tokenizer, reward_fn, labels,
+                                        save_completions)
                 bar.update(len(idx))
+                # So far, on this process's share: a long run shows early whether it is sane.
+                bar.set_postfix_str(f"acc {sum(r['num_correct'] for r in records) / (len(records) * n_samples):.3f}")
     finally:
         torch.set_rng_state(rng_state)
         if cuda_rng_states is not None:
@@ -234,7 +240,7 @@ def evaluate_model(
         seconds = max(sec for _, sec in shards)
     records.sort(key=lambda r: r["index"])
     return {"path": str(model_path), "n": len(records), "k": k, "num_samples": n_samples,
-            "temperature": temperature, "max_tokens": max_tokens, **aggregate(records, k),
+            "temperature": temperature, "max_tokens": max_tokens, "extraction": labels[0], **aggregate(records, k),
             "num_dropped": dropped, "seconds": round(seconds, 2), "per_example": records}
 
 
@@ -285,42 +291,43 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def format_table(results: list[dict]) -> str:
-    """One row per model: its accuracy (pass@1 or avg@n), pass@k when k > 1, and the cost."""
-    if not results:
-        return "(no results)"
-    r0 = results[0]
-    acc_name = "pass@1" if r0["num_samples"] == 1 else f"avg@{r0['num_samples']}"
-    cols = [("model", "model", "{}"), ("step", "step", "{}"), ("n", "n", "{}"), (acc_name, "accuracy", "{:.4f}")]
-    if r0["k"] > 1:
-        cols.append((f"pass@{r0['k']}", "pass@k", "{:.4f}"))
-    cols += [("format", "format", "{:.3f}"), ("tokens", "mean_completion_tokens", "{:.1f}"),
-             ("trunc", "truncated", "{:.3f}"), ("secs", "seconds", "{:.0f}")]
-    rows = [[fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in cols] for r in results]
-    widths = [max(len(head), *(len(row[i]) for row in rows)) for i, (head, _, _) in enumerate(cols)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line([h for h, _, _ in cols]), line(["-" * w for w in widths]), *map(line, rows)])
+def _num_examples(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of problems or 'all'")
+    return n
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="grpo_trainer.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs="+", required=True, help="aliases, HF dirs/hub ids, run dirs or checkpoint dirs")
+    p.add_argument("--model", nargs="+", required=True, help="aliases, HF dirs/hub ids, run dirs or checkpoint dirs; "
+                   "each later one is compared with the first by a paired test")
     p.add_argument("--data", default="synthetic", help="'synthetic', a .jsonl/.json/.parquet file or an HF dataset")
     p.add_argument("--split", default="test")
-    p.add_argument("--num-examples", type=int, default=None, help="a seeded subset of this many problems")
+    p.add_argument("--num-examples", type=_num_examples, default=DEFAULT_NUM_EXAMPLES,
+                   help=f"a seeded subset of this many problems, or 'all' (GSM8K test: 1,319; synthetic: 1,319 "
+                        f"generated); default {DEFAULT_NUM_EXAMPLES}, where every 95%% interval is within +-0.05")
     p.add_argument("--difficulty", type=int, default=1, help="synthetic data only")
     p.add_argument("--k", type=int, default=1, help="pass@k; k > 1 samples (temperature defaults to 1.0)")
     p.add_argument("--num-samples", type=int, default=None, help="samples per problem n >= k (default k)")
     p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for one sample, else 1.0")
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--instruction", default=None, help="appended to each question (default: the training one)")
-    p.add_argument("--system-prompt", default=None)
+    run = "default: the run's, when a --model is a run or checkpoint directory"
+    p.add_argument("--instruction", default=None, help=f"appended to each question ({run}, else the trainer's default)")
+    p.add_argument("--system-prompt", default=None, help=f"({run}, else none)")
     p.add_argument("--max-prompt-length", type=int, default=512)
-    p.add_argument("--verifier", default=DEFAULT_VERIFIER, help="a correctness verifier: gsm8k, math, ...")
-    p.add_argument("--verifier-kwargs", default="{}", help='JSON, e.g. \'{"mode": "flexible"}\'')
+    p.add_argument("--verifier", default=None, help=f"a correctness verifier: gsm8k, math, ... ({run}, else gsm8k)")
+    p.add_argument("--verifier-kwargs", default=None, help='JSON, e.g. \'{"mode": "flexible"}\' '
+                   f"({run}, else {{}}); gsm8k is scored in both modes, this one decides 'accuracy'")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help=f"engine dtype ({run}, else float32)")
     p.add_argument("--kv-cache-gib", type=float, default=2.0, help="CPU: KV cache size")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="GPU: engine's share of memory")
     p.add_argument("--output", default="eval_results.json", help="JSON results file")
@@ -344,48 +351,65 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _verifier_kwargs(text: str | None) -> dict | None:
+    if text is None:
+        return None
     try:
-        verifier_kwargs = json.loads(args.verifier_kwargs)
+        value = json.loads(text)
     except json.JSONDecodeError:
-        verifier_kwargs = None
-    if not isinstance(verifier_kwargs, dict):
-        raise ValueError(f"--verifier-kwargs {args.verifier_kwargs!r} is not a JSON object; "
-                         "write e.g. '{\"mode\": \"flexible\"}'")
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"--verifier-kwargs {text!r} is not a JSON object; write e.g. '{{\"mode\": \"flexible\"}}'")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    given = {"instruction": args.instruction, "system_prompt": args.system_prompt, "verifier": args.verifier,
+             "verifier_kwargs": _verifier_kwargs(args.verifier_kwargs), "dtype": args.dtype}
+    settings, source = resolve_settings(given, args.model)
     num_samples = args.num_samples or args.k
     temperature = args.temperature if args.temperature is not None else (0.0 if num_samples == 1 else 1.0)
-    specs = [{"name": args.verifier, "kwargs": verifier_kwargs}]
+    specs = [{"name": settings["verifier"], "kwargs": settings["verifier_kwargs"]}]
     check_verifier_specs(specs)
     check_sampling(args.k, num_samples, temperature)  # before minutes of data and model loading
 
-    from grpo_trainer.data import load_examples
+    from grpo_trainer.data import DEFAULT_INSTRUCTION, load_examples
     from grpo_trainer.models import load_tokenizer
     from grpo_trainer.rewards import build_reward_fn
 
+    instruction = DEFAULT_INSTRUCTION if settings["instruction"] is None else settings["instruction"]
     rank, _ = _rank_world()
+    if rank == 0:
+        origins = {src: [k for k in source if source[k] == src] for src in source.values()}
+        log.info("evaluating with instruction %r, system prompt %r, verifier %s %s, dtype %s (%s)",
+                 instruction, settings["system_prompt"], settings["verifier"], json.dumps(settings["verifier_kwargs"]),
+                 settings["dtype"], "; ".join(f"{', '.join(keys)} from {src}" for src, keys in origins.items()))
     examples = load_examples(args.data, args.split, args.num_examples, args.seed, args.difficulty)
     results = []
-    with build_reward_fn(specs) as reward_fn:  # one verifier pool for every model
+    with build_reward_fn(scoring_specs(specs)[0]) as reward_fn:  # one verifier pool for every model
         for spec in args.model:
             # No barrier here (there is no process group yet): alias conversion is file-locked.
             path, step = resolve_eval_model(spec)
             result = evaluate_model(
                 path, examples, load_tokenizer(path), k=args.k, temperature=temperature,
-                max_tokens=args.max_tokens, instruction=args.instruction, verifier_specs=specs, seed=args.seed,
-                num_samples=num_samples, system_prompt=args.system_prompt,
-                max_prompt_length=args.max_prompt_length, dtype=args.dtype, reward_fn=reward_fn,
+                max_tokens=args.max_tokens, instruction=instruction, verifier_specs=specs, seed=args.seed,
+                num_samples=num_samples, system_prompt=settings["system_prompt"],
+                max_prompt_length=args.max_prompt_length, dtype=settings["dtype"], reward_fn=reward_fn,
                 kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
                 save_completions=args.save_completions, label=spec)
             results.append({"model": spec, "step": step, **result})
     if rank == 0:
         config = {key: getattr(args, key) for key in ("data", "split", "num_examples", "difficulty", "k",
-                                                      "max_tokens", "instruction", "system_prompt",
-                                                      "verifier", "seed", "dtype")}
-        config.update(num_samples=num_samples, temperature=temperature, verifier_kwargs=verifier_kwargs)
+                                                      "max_tokens", "max_prompt_length", "seed")}
+        config.update(settings, instruction=instruction, settings_from=source, num_samples=num_samples,
+                      temperature=temperature)
+        comparisons = compare(results)
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"config": config, "results": results}, indent=1) + "\n")
+        out.write_text(json.dumps({"config": config, "results": results, "comparisons": comparisons}, indent=1) + "\n")
         print(format_table(results), flush=True)
+        if comparisons:
+            print(format_comparisons(comparisons), flush=True)
         print(f"wrote {out}", flush=True)
     return 0
 

@@ -321,9 +321,10 @@ class GRPOTrainer:
         return {"eval/accuracy": res["accuracy"], "eval/format": res.get("format", math.nan)}
 
     def _eval_specs(self) -> list[dict]:
-        """The recipe's correctness verifiers (gsm8k / math), else gsm8k strict."""
-        specs = [f for f in self.cfg.reward.functions if f["name"] in ("gsm8k", "math")]
-        return specs[:1] or [{"name": "gsm8k", "weight": 1.0, "kwargs": {"mode": "strict"}}]
+        """The recipe's correctness verifier, chosen as `python -m grpo_trainer.evaluate` chooses it."""
+        from grpo_trainer.eval_settings import correctness_spec
+
+        return [correctness_spec(self.cfg.reward.functions)]
 
 
     def sync_weights(self) -> None:
