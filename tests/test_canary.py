@@ -75,3 +75,21 @@ def test_skipped_weight_pushes_stop_the_run_at_the_next_step(forker, tiny_llama:
     base = load_file(tiny_llama / "model.safetensors")
     saved = weights(run, 1)
     assert saved.keys() == base.keys() and not all(torch.equal(base[k], saved[k]) for k in base)
+
+
+def test_a_stopped_run_may_resume_with_a_raised_limit(tmp_path: Path):
+    from grpo_trainer.config import ConfigError, load_config, save_config
+    from grpo_trainer.preflight import check_output_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(None, [f"trainer.output_dir={run}"]), run / "config.yaml")
+    # The stop message's fix: the limit does not change what a step computes, so resume accepts it...
+    check_output_dir(load_config(None, [f"trainer.output_dir={run}", "trainer.max_mismatch_kl=1.0", "resume=auto"]))
+    check_output_dir(load_config(None, [f"trainer.output_dir={run}", "trainer.max_mismatch_kl=null", "resume=auto"]))
+    # ...unlike a key that does.
+    with pytest.raises(ConfigError, match="different config"):
+        check_output_dir(load_config(None, [f"trainer.output_dir={run}", "trainer.learning_rate=1.0", "resume=auto"]))
+    for bad in ("0", "-0.5"):
+        with pytest.raises(ConfigError, match=r"trainer.max_mismatch_kl=.* is out of range: expected null or a float > 0"):
+            load_config(None, [f"trainer.max_mismatch_kl={bad}"])
