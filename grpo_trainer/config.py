@@ -81,6 +81,9 @@ class RolloutConfig:
     enforce_eager: bool = True
     # Engine weights dtype; None: model.dtype. bf16 samples ~1.6x faster on AVX512-BF16 CPUs.
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
+    # GPU, vLLM: release the engine's weights and KV cache during the update (vLLM sleep mode,
+    # level 2) and restore them for the weight push, so the trainer gets that memory.
+    sleep: bool = False
 
 
 @dataclass
@@ -168,6 +171,9 @@ class TrainerConfig:
     # Consecutive steps in which no reward function gave any sample a finite score (all NaN, inf
     # or None: nothing to learn from) before the run stops.
     max_no_reward_steps: int = 3
+    # Stop when the engine's log-probs of its samples differ from the trainer's by more than this
+    # k3 KL (nats/token, `mismatch/kl`): weights that did not reach the engine. null: never stop.
+    max_mismatch_kl: Optional[float] = 0.1
     # Start fresh in an output_dir that holds another run (its checkpoints and logs are deleted).
     overwrite: bool = False
 
@@ -202,7 +208,8 @@ _RANGES = [
      "trainer.learning_rate trainer.max_grad_norm model.lora.alpha"),
     ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay "
      "algorithm.overlong_penalty_factor"),
-    ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.kl_target algorithm.target_kl"),
+    ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.kl_target algorithm.target_kl "
+     "trainer.max_mismatch_kl"),
     ("null or a float >= 1", lambda v: v is None or v >= 1, "algorithm.tis_cap"),
     ("a float > 0", lambda v: v > 0, "algorithm.softmax_beta"),
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "rollout.top_p rollout.gpu_memory_utilization"),
@@ -250,6 +257,10 @@ def validate(cfg: Config) -> Config:
     if a.dynamic_sampling != "off" and r.num_generations < 2:
         raise ConfigError("algorithm.dynamic_sampling needs rollout.num_generations >= 2: it drops groups "
                           "whose rewards all agree")
+    if r.sleep and r.backend != "vllm":
+        raise ConfigError(f"rollout.sleep=true needs rollout.backend=vllm (got {r.backend!r}): the hf backend "
+                          "samples from the policy itself, there is no engine memory to release; "
+                          "set rollout.sleep=false")
     cfg.reward.functions = [_reward_spec(i, spec) for i, spec in enumerate(cfg.reward.functions)]
     return cfg
 

@@ -1,5 +1,7 @@
 """Faults during training: skip an update whose loss or gradient is not finite, stop after too
-many in a row, and a test hook that kills the process at a named point of the loop."""
+many in a row, stop when the rollout engine no longer samples from the trained policy (the
+weight-sync canary), and test hooks that kill the process at a named point of the loop or make
+weight pushes do nothing."""
 
 from __future__ import annotations
 
@@ -26,6 +28,15 @@ def kill_point(phase: str, step: int) -> None:
     want, _, at = spec.partition("@")
     if want == phase and (not at or int(at) == step):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Any non-empty value: every weight push into the rollout engine is skipped, the failure the
+# weight-sync canary exists to catch (tests only).
+SKIP_SYNC_ENV = "GRPO_TRAINER_TEST_SKIP_SYNC"
+
+
+def sync_sabotaged() -> bool:
+    return bool(os.environ.get(SKIP_SYNC_ENV))
 
 
 class TrainingAborted(RuntimeError):
@@ -80,3 +91,20 @@ class NonFiniteGuard:
 
     def load_state_dict(self, state: dict) -> None:
         self.consecutive, self.total = int(state["consecutive"]), int(state["total"])
+
+
+def raise_if_engine_diverged(step: int, mismatch_kl: float, limit: float | None) -> None:
+    """The weight-sync canary: stop when the engine's log-probs of the tokens it sampled differ from
+    the trainer's by more than `limit` nats/token (k3 KL(engine || trainer), `mismatch/kl`).
+
+    Called after the step is logged and before it is saved, so the checkpoints on disk stay those
+    of healthy steps. NaN (no token was trained this step, so none was compared) never stops."""
+    if limit is None or not mismatch_kl > limit:
+        return
+    raise TrainingAborted(
+        f"stopped at step {step}: the rollout engine's log-probs differ from the trainer's by KL {mismatch_kl:.3g} "
+        f"nats/token (trainer.max_mismatch_kl={limit:g}); likely the engine samples from stale weights (a weight "
+        f"push that failed or did nothing) or computes in another dtype or with other kernels than the trainer "
+        f"(or truncates its sampling with rollout.top_p/top_k, which the trainer does not): check the weight push, "
+        f"rollout.dtype and rollout.top_p/top_k, or raise trainer.max_mismatch_kl; step {step} was not saved, "
+        f"existing checkpoints are intact")

@@ -18,6 +18,7 @@ SAME_RUN_IGNORE = DEFAULT_DIFF_IGNORE + ("trainer.output_dir",)
 RESUME_MAY_CHANGE = SAME_RUN_IGNORE + (
     "trainer.save_every", "trainer.keep_last", "trainer.log_samples_every", "trainer.num_log_samples",
     "trainer.torch_threads", "trainer.max_bad_steps", "trainer.max_no_reward_steps",
+    "trainer.max_mismatch_kl",
     # Held-out evaluation restores the RNG it uses, so it does not change the training steps.
     "trainer.eval_every", "trainer.eval_examples", "data.eval_source")
 
@@ -28,6 +29,7 @@ def preflight(cfg: Config) -> None:
     check_rewards(cfg)
     check_data(cfg)
     check_model(cfg)
+    check_engine(cfg)
 
 
 def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -170,3 +172,15 @@ def check_model(cfg: Config) -> None:
         resolve_model_path(name)
     except ValueError as exc:
         raise ConfigError(f"model.name_or_path: {exc}") from None
+
+
+def check_engine(cfg: Config) -> None:
+    """vLLM's sleep mode releases GPU memory through CUDA's virtual-memory API: there is none to
+    release without a GPU, and vLLM's CPU build has no sleep mode."""
+    if not cfg.rollout.sleep:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("rollout.sleep=true needs a CUDA GPU (it releases the vLLM engine's GPU memory during the "
+                          "update) and none is visible: set rollout.sleep=false")

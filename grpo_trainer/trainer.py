@@ -21,7 +21,7 @@ from grpo_trainer import algo, distributed, lora, stopping
 from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
-from grpo_trainer.faults import NonFiniteGuard, kill_point
+from grpo_trainer.faults import NonFiniteGuard, kill_point, raise_if_engine_diverged, sync_sabotaged
 from grpo_trainer.metrics import MetricsLogger, PhaseTimer
 from grpo_trainer.models import load_causal_lm, load_tokenizer, resolve_model_path
 from grpo_trainer.reward_guard import RewardGuard
@@ -98,7 +98,7 @@ class GRPOTrainer:
             dtype=r.dtype or cfg.model.dtype,
             seed=r.seed, max_model_len=max_prompt + r.max_completion_length, kv_cache_gib=r.kv_cache_gib,
             gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep)
         torch.set_num_threads(self.threads)  # engines lower it for serving
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.reward_guard = RewardGuard(t.max_no_reward_steps)
@@ -140,6 +140,7 @@ class GRPOTrainer:
                 self.logger.log(self.step, metrics)
                 self.guard.raise_if_exhausted(self.step)
                 self.reward_guard.raise_if_exhausted(self.step)
+                raise_if_engine_diverged(self.step, metrics["mismatch/kl"], cfg.trainer.max_mismatch_kl)
                 kill_point("step", self.step)
                 stop = stopping.agreed(acc) if self.step < cfg.trainer.max_steps else 0
                 if self._should_save() or stop:
@@ -157,6 +158,7 @@ class GRPOTrainer:
         cfg, acc, timer = self.cfg, self.acc, PhaseTimer()
         with timer("step"):
             idx, batch, rewards, samples, dyn = self._collect(timer)  # rollout -> reward -> filter
+            self.engine.sleep()  # rollout.sleep: the update gets the engine's GPU memory; the push restores it
             if self.ref is not None and self.beta > 0 and cfg.algorithm.kl_mode == "reward":
                 rewards = rewards - self.beta * self._sequence_kl(batch)
             advantages = self._advantages(rewards) * dyn.pop("weight")
@@ -329,7 +331,8 @@ class GRPOTrainer:
 
     def sync_weights(self) -> None:
         """Push the policy's weights into this process's rollout engine."""
-        self.engine.load_weights(iter_full_weights(self.acc.unwrap_model(self.model)))
+        if not sync_sabotaged():
+            self.engine.load_weights(iter_full_weights(self.acc.unwrap_model(self.model)))
         torch.set_num_threads(self.threads)
 
     # ------------------------------------------------------------------ bookkeeping

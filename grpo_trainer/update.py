@@ -8,6 +8,7 @@ spread over processes (DDP averages gradients over processes, hence the `* num_p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -105,11 +106,12 @@ class PolicyUpdater:
         sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",
                               "old_new_tokens", "tis"), 0.0)
         grad_norm, passes, stop = torch.tensor(0.0), 0, False
+        canary = [0.0, 0.0, 0.0]  # engine vs trainer on pass 1: sum of k3, tokens, max |log-prob difference|
         self.model.train()
         for _ in range(a.num_iterations):
             passes += 1
             for mini in minis:
-                drift = self._step(mini, adv, batch, beta, sums)
+                drift = self._step(mini, adv, batch, beta, sums, canary if passes == 1 else None)
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
                 # A non-finite loss or gradient (on any process) leaves the weights untouched.
                 # (Under DeepSpeed the engine has already stepped inside the last backward.)
@@ -125,24 +127,31 @@ class PolicyUpdater:
                 break
 
         tot = self._sum(*(sums[k] for k in ("entropy", "kl", "clip_low", "clip_high", "tokens", "old_new_kl",
-                                             "old_new_tokens", "tis", "loss")))
+                                             "old_new_tokens", "tis", "loss")), canary[0], canary[1])
         tok = max(tot[4], 1.0)
+        # No trained token anywhere (every advantage 0): nothing was compared, which is not "no mismatch".
+        seen = tot[10] > 0
+        peak = acc.gather(torch.tensor([canary[2]], device=acc.device)).max().item()
         return {"train/loss": tot[8] / passes, "train/entropy": tot[0] / tok, "train/kl": tot[1] / tok,
                 "train/clip_frac_low": tot[2] / tok, "train/clip_frac_high": tot[3] / tok,
                 "train/kl_old_new": tot[5] / max(tot[6], 1.0) if need_old else 0.0,
                 "train/tis_weight_mean": tot[7] / tok if a.tis_cap is not None else 1.0,
                 "train/grad_norm": float(grad_norm), "train/passes": float(passes),
+                "mismatch/kl": tot[9] / tot[10] if seen else math.nan,
+                "mismatch/max_abs_logp_diff": peak if seen else math.nan, "mismatch/tokens": tot[10],
                 "train/rows_trained": self._sum(float(sum(len(mb.rows) for m in minis
                                                           for mb, d in zip(m["mbs"], m["dummy"]) if not d)))[0]}
 
-    def _step(self, mini: dict, adv: torch.Tensor, batch: StepBatch, beta: float, sums: dict) -> tuple[float, float]:
+    def _step(self, mini: dict, adv: torch.Tensor, batch: StepBatch, beta: float, sums: dict,
+              canary: list | None) -> tuple[float, float]:
         """Forward/backward over one mini-batch's micro-batches; returns (sum old-new, tokens)."""
         acc, mbs = self.acc, mini["mbs"]
         drift = [0.0, 0.0]
         for k, mb in enumerate(mbs):
             # Gradients are all-reduced (DDP) or the optimizer stepped (DeepSpeed) only on the last.
             with distributed.accumulate(acc, self.model, last=k == len(mbs) - 1):
-                loss, mask, stats = self._micro_loss(mb, mini["old"][k], mini["ref"][k], adv, batch, beta, mini)
+                loss, mask, stats = self._micro_loss(mb, mini["old"][k], mini["ref"][k], adv, batch, beta, mini,
+                                                     None if mini["dummy"][k] else canary)
                 acc.backward(loss * (0.0 if mini["dummy"][k] else acc.num_processes))
             if mini["dummy"][k]:
                 continue
@@ -159,17 +168,27 @@ class PolicyUpdater:
         sums["old_new_tokens"] += drift[1]
         return drift[0], drift[1]
 
-    def _micro_loss(self, mb: MicroBatch, old, ref, adv, batch: StepBatch, beta: float, mini: dict):
+    def _micro_loss(self, mb: MicroBatch, old, ref, adv, batch: StepBatch, beta: float, mini: dict,
+                    canary: list | None):
         a = self.a
         mask = mb.completion_mask
         logp, entropy = completion_logprobs(self.model, mb, self.temperature, with_entropy=True,
                                             share_prompt=self.share_prompt)
         old = logp.detach() if old is None else old
+        if canary is not None or a.tis_cap is not None:
+            rollout = _padded(batch.rollout_logprobs, mb.rows, mask.shape[1], mask.device)
+        if canary is not None:
+            # The weight-sync canary, from log-probs this update computes anyway: `old` is the policy
+            # last pushed to the engine (frozen before this rollout's first optimizer step or, with one
+            # pass over one mini-batch, computed before it), so it must match what the engine sampled.
+            k3, diff = algo.logprob_mismatch(rollout, old, mask)
+            canary[0] += k3.sum().item()
+            canary[1] += mask.sum().item()
+            canary[2] = max(canary[2], diff.max().item())
         per_token, stats = algo.clipped_policy_loss(logp, old, adv[mb.rows], mask, a.eps_low, a.eps_high,
                                                     a.dual_clip_c)
         tis_sum = 0.0
         if a.tis_cap is not None:
-            rollout = _padded(batch.rollout_logprobs, mb.rows, mask.shape[1], mask.device)
             w = algo.tis_weights(old, rollout, a.tis_cap, mask)
             per_token = per_token * w
             tis_sum = w[mask].sum().item()

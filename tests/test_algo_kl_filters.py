@@ -8,6 +8,7 @@ from grpo_trainer.algo import (
     group_upweight,
     informative_groups,
     kl_estimate,
+    logprob_mismatch,
     overlong_loss_mask,
     soft_overlong_penalty,
 )
@@ -41,6 +42,23 @@ def test_k3_nonnegative_and_clamped():
     # log-ratio -1000 is clamped to -20: e^-20 + 20 - 1 = 19.000000002
     k3 = kl_estimate(torch.tensor([1000.0]), torch.tensor([0.0]), "k3")
     assert k3.item() == pytest.approx(19.0)
+
+
+def test_logprob_mismatch_hand_values():
+    engine = torch.tensor([[math.log(0.5), math.log(0.2), -1.0, float("nan")]])
+    trainer = torch.tensor([[math.log(0.25), math.log(0.4), -1.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    k3, diff = logprob_mismatch(engine, trainer, mask)
+    # x = log(pi_trainer / pi_engine) = [ln(0.25/0.5), ln(0.4/0.2), 0] = [-ln2, ln2, 0]
+    # k3 = e^x - x - 1 = [0.5 + 0.693147 - 1, 2 - 0.693147 - 1, 0] = [0.193147, 0.306853, 0]
+    # |x| = [0.693147, 0.693147, 0]; the masked NaN engine value gives 0, not NaN
+    assert torch.allclose(k3, torch.tensor([[0.193147, 0.306853, 0.0, 0.0]], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(diff, torch.tensor([[LN2, LN2, 0.0, 0.0]], dtype=torch.float64), atol=1e-6)
+    # A healthy fp32 engine: x = 1e-5 gives k3 = x^2/2 + x^3/6 = 5.0000167e-11, which fp32's
+    # exp(x) - x - 1 cannot resolve (its spacing near 1 is 1.2e-7); the result is fp64.
+    k3, _ = logprob_mismatch(torch.tensor([[-2.0]]), torch.tensor([[-2.0 + 1e-5]], dtype=torch.float64),
+                             torch.tensor([[True]]))
+    assert k3.dtype == torch.float64 and k3.item() == pytest.approx(5.0000167e-11, rel=1e-4)
 
 
 def test_kl_invalid_estimator():

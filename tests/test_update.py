@@ -137,3 +137,26 @@ def test_gradient_checkpointing_takes_the_plain_layout_in_every_forward(base_mod
     scale = max(a.abs().max().item() for a in plain)
     assert max((a - b).abs().max().item() for a, b in zip(plain, checkpointed)) < FP32_ROUNDING * scale
     assert scale > 0.5
+
+
+@pytest.mark.parametrize("algo_kwargs", [{}, {"num_iterations": 2, "num_mini_batches": 2}], ids=["one", "passes"])
+def test_mismatch_metrics_compare_the_engine_with_pi_old(base_model, step_batch, algo_kwargs):
+    # The "engine" reports pi_old's log-probs (a direct forward of the untouched model) shifted by
+    # s = 0.1 * (t % 3) nats at token t. With two passes over two mini-batches, mini-batch 2 of
+    # pass 1 runs after an SGD step at lr 1: only frozen old log-probs still give these values.
+    rows = list(range(8))
+    mb = pack(rows, step_batch.prompt_ids, step_batch.completion_ids, 0)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(copy.deepcopy(base_model), mb, 1.0)
+    shift = lambda n: [0.1 * (t % 3) for t in range(n)]  # noqa: E731
+    engine = [(logp[i, :len(c)] + torch.tensor(shift(len(c)), dtype=torch.float64)).tolist()
+              for i, c in enumerate(step_batch.completion_ids)]
+    _, metrics = run_update(base_model, dataclasses.replace(step_batch, rollout_logprobs=engine), micro_batch_size=3,
+                            **algo_kwargs)
+    # Rows 4-7 have advantage 0 and are not forwarded: compared are rows 0-3, 3 + 8 + 5 + 1 = 17
+    # tokens, whose shifts t % 3 = 0, 1, 2 occur 7, 6, 4 times (row lengths 3, 8, 5, 1).
+    # k3 at x = -s: e^-s + s - 1 = 0 (s = 0), 0.00483742 (s = 0.1), 0.01873075 (s = 0.2);
+    # mean = (6 * 0.00483742 + 4 * 0.01873075) / 17 = 0.00611454
+    assert metrics["mismatch/tokens"] == 17
+    assert metrics["mismatch/kl"] == pytest.approx(0.00611454, rel=1e-4)
+    assert metrics["mismatch/max_abs_logp_diff"] == pytest.approx(0.2, abs=1e-5)

@@ -4,7 +4,7 @@
 - advantages: group_advantages (dispatch), grpo_advantages, dr_grpo_advantages,
               rloo_advantages, reinforce_advantages, softmax_advantages
 - loss:       clipped_policy_loss, aggregate_loss, tis_weights
-- kl:         kl_estimate, adaptive_kl_beta
+- kl:         kl_estimate, adaptive_kl_beta, logprob_mismatch
 - filters:    informative_groups, overlong_loss_mask, soft_overlong_penalty, group_upweight
 """
 
@@ -19,7 +19,7 @@ from .advantages import (
     softmax_advantages,
 )
 from .filters import group_upweight, informative_groups, overlong_loss_mask, soft_overlong_penalty
-from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate
+from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate, logprob_mismatch
 from .logprobs import entropy_from_logits, selective_log_softmax
 from .loss import AGGREGATIONS, aggregate_loss, clipped_policy_loss, tis_weights
 
@@ -38,6 +38,7 @@ __all__ = [
     "grpo_advantages",
     "informative_groups",
     "kl_estimate",
+    "logprob_mismatch",
     "overlong_loss_mask",
     "reinforce_advantages",
     "rloo_advantages",

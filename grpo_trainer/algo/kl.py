@@ -1,4 +1,4 @@
-"""KL penalty estimators and the adaptive KL coefficient.
+"""KL penalty estimators, the adaptive KL coefficient, and the engine/trainer mismatch.
 
 Estimators of KL(pi || pi_ref) from tokens sampled from pi (J. Schulman, "Approximating KL
 Divergence", 2020), with r = pi_ref(o_t) / pi(o_t):
@@ -48,6 +48,30 @@ def kl_estimate(
         return 0.5 * log_ratio.square()
     log_ratio = log_ratio.clamp(-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
     return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def logprob_mismatch(
+    sampler_logp: torch.Tensor,  # (N, T) log-probs the rollout engine reported for the tokens it sampled
+    trainer_logp: torch.Tensor,  # (N, T) the trainer's log-probs of the same tokens
+    mask: torch.Tensor,  # (N, T) bool: the tokens to compare
+) -> tuple[torch.Tensor, torch.Tensor]:  # (N, T) k3 KL(engine || trainer), (N, T) |log-prob difference|
+    """Per-token disagreement between the sampling engine and the trainer on the same tokens.
+
+    The tokens were drawn from the engine, so k3 with r = pi_trainer / pi_engine (J. Schulman,
+    "Approximating KL Divergence", 2020) is an unbiased, per-token non-negative estimate of
+    KL(pi_engine || pi_trainer); the absolute log-prob difference is the worst single token.
+    Both are exactly 0 at masked positions, whatever the inputs hold there (padding), and come
+    out in fp64: a healthy fp32 engine disagrees by ~1e-5 nats, where exp(x) - x - 1 ~ 5e-11 is
+    below what fp32 resolves around exp(x) ~ 1.
+    """
+    if sampler_logp.shape != trainer_logp.shape or mask.shape != trainer_logp.shape:
+        raise ValueError(f"sampler_logp {tuple(sampler_logp.shape)}, trainer_logp {tuple(trainer_logp.shape)} "
+                         f"and mask {tuple(mask.shape)} must all be the same (N, T)")
+    m = mask.bool()
+    zero = torch.zeros((), dtype=torch.float64, device=trainer_logp.device)
+    engine = torch.where(m, sampler_logp.double(), zero)
+    trainer = torch.where(m, trainer_logp.double(), zero)
+    return kl_estimate(engine, trainer, "k3"), (trainer - engine).abs()
 
 
 def adaptive_kl_beta(beta: float, kl: float, target: float) -> float:

@@ -54,6 +54,10 @@ class RolloutEngine(abc.ABC):
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights by the policy's (HF parameter names, full tensors)."""
 
+    def sleep(self) -> None:
+        """Release the engine's accelerator memory until the next `load_weights`, which restores it
+        (vLLM's sleep mode, rollout.sleep). Backends with nothing to release do nothing."""
+
     def close(self) -> None:
         """Free the engine's memory."""
 

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_path: str, *, dtype: str, seed: int, max_model_len: int, kv_cache_gib: float,
-                 gpu_memory_utilization: float, enforce_eager: bool, max_lora_rank: int | None = None):
+                 gpu_memory_utilization: float, enforce_eager: bool, max_lora_rank: int | None = None,
+                 sleep: bool = False):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.on_cpu = not torch.cuda.is_available()
         kwargs = {}
@@ -38,6 +39,12 @@ class VLLMEngine(RolloutEngine):
                 # living inside a torchrun-launched job (it reuses the job's ranks, tensor
                 # parallel size 1, so every rank is its own data-parallel replica).
                 kwargs["distributed_executor_backend"] = "external_launcher"
+        if sleep:
+            if self.on_cpu:  # vLLM's CPU build has no sleep mode; it would fail inside vLLM
+                raise ValueError("rollout.sleep=true needs a CUDA GPU (it releases the vLLM engine's GPU memory "
+                                 "during the update) and none is visible: set rollout.sleep=false")
+            kwargs["enable_sleep_mode"] = True
+        self.can_sleep, self.asleep = sleep, False
         if max_lora_rank:  # serve peft adapters (load_lora_adapter) instead of merged weights
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         self.lora_request = None
@@ -53,6 +60,9 @@ class VLLMEngine(RolloutEngine):
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
         from vllm import SamplingParams
+
+        if self.asleep:  # its weight memory holds garbage until the next push
+            raise RuntimeError("the vLLM engine is asleep: push the policy's weights (load_weights) before sampling")
 
         params = SamplingParams(n=sampling.num_generations, max_tokens=sampling.max_tokens,
                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
@@ -70,7 +80,18 @@ class VLLMEngine(RolloutEngine):
         return RolloutBatch(prompt_ids=[list(p) for p in prompt_ids], completion_ids=completion_ids,
                             logprobs=logprobs, truncated=truncated)
 
+    def sleep(self) -> None:
+        # Level 2 discards the weights instead of copying them to host memory (level 1): the next
+        # load_weights rewrites every one of them anyway.
+        if self.can_sleep and not self.asleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
+
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        if self.asleep:
+            # Weights first and the KV cache only after the push, so that the cache's memory is
+            # not taken while the push's gathered or merged tensors still exist.
+            self.llm.wake_up(tags=["weights"])
         # Streamed, not collected into a list: the in-process engine consumes the iterator inside
         # this call, so at most one gathered/merged tensor exists at a time (ZeRO-3, LoRA).
         def _reload(worker):
@@ -79,6 +100,9 @@ class VLLMEngine(RolloutEngine):
             _refresh_cpu_embedding_gemms(worker.model_runner.get_model())
 
         self.llm.collective_rpc(_reload)
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         # Cached prefixes hold keys/values computed with the old weights.
         self.llm.reset_prefix_cache()
 
