@@ -378,13 +378,14 @@ def _run(args: argparse.Namespace) -> int:
     from grpo_trainer.rewards import build_reward_fn
 
     instruction = DEFAULT_INSTRUCTION if settings["instruction"] is None else settings["instruction"]
+    examples = load_examples(args.data, args.split, args.num_examples, args.seed, args.difficulty)
+    # Said once the data has loaded: a bad data file must be the only line printed.
     rank, _ = _rank_world()
     if rank == 0:
         origins = {src: [k for k in source if source[k] == src] for src in source.values()}
         log.info("evaluating with instruction %r, system prompt %r, verifier %s %s, dtype %s (%s)",
                  instruction, settings["system_prompt"], settings["verifier"], json.dumps(settings["verifier_kwargs"]),
                  settings["dtype"], "; ".join(f"{', '.join(keys)} from {src}" for src, keys in origins.items()))
-    examples = load_examples(args.data, args.split, args.num_examples, args.seed, args.difficulty)
     results = []
     with build_reward_fn(scoring_specs(specs)[0]) as reward_fn:  # one verifier pool for every model
         for spec in args.model:

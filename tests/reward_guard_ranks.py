@@ -10,7 +10,7 @@ import json
 import math
 
 from grpo_trainer.distributed import make_accelerator
-from grpo_trainer.faults import TrainingAborted
+from grpo_trainer.rewards import RewardError
 from grpo_trainer.reward_guard import RewardGuard
 
 acc = make_accelerator("no", 1, 1.0)
@@ -25,7 +25,7 @@ for step, scores in enumerate(steps, 1):
     seen.append(guard.consecutive)
     try:
         guard.raise_if_exhausted(step)
-    except TrainingAborted:
+    except RewardError:
         stopped = step
         break
 print(json.dumps({"rank": acc.process_index, "consecutive": seen, "stopped": stopped}), flush=True)
