@@ -123,3 +123,21 @@ def test_config_modules_import_in_one_direction(monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}).stdout
     assert out == "False\n"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algorithm.advantage=grpo"], ["algorithm.advantage=dr_grpo", "algorithm.scale=sqrt_g"],
+    ["algorithm.advantage=rloo"], ["algorithm.advantage=softmax", "algorithm.softmax_beta=0.5"],
+    ["algorithm.advantage=reinforce", "algorithm.reinforce_baseline=true"],
+])
+def test_bind_gives_what_the_trainer_passed_by_hand(overrides):
+    # The trainer special-cased softmax_beta and reinforce_baseline; entry.bind(vars(cfg.algorithm))
+    # must hand each estimator exactly those keywords, so swapping one for the other changes nothing.
+    a = load_config(None, overrides).algorithm
+    by_hand = {"softmax_beta": a.softmax_beta} if a.advantage == "softmax" else {}
+    if a.advantage == "reinforce":
+        by_hand["baseline"] = a.reinforce_baseline
+    rewards = torch.tensor([0.0, 1.0, 1.0, 0.5, 2.0, 0.0, 0.0, 0.0])
+    expected = algo.group_advantages(rewards, 4, a.advantage, a.scale, **by_hand)
+    got = algo.group_advantages(rewards, 4, a.advantage, a.scale, **ADVANTAGES[a.advantage].bind(vars(a)))
+    assert torch.equal(got, expected) and bool(expected.abs().sum() > 0)
