@@ -23,12 +23,14 @@ from grpo_trainer.config.schema import Config, ConfigError
 
 
 def dotted_get(obj: Any, dotted: str) -> Any:
+    """dotted_get(cfg, "trainer.max_steps") -> cfg.trainer.max_steps."""
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
 
 
 def show(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut to `limit` characters."""
     text = repr(value)  # repr escapes newlines, so the message stays on one line
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
