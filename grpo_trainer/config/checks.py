@@ -200,22 +200,11 @@ def validate(cfg: Config) -> Config:
     if not isinstance(cfg.reward.functions, list):
         raise ConfigError(f"reward.functions={show(cfg.reward.functions)} has the wrong type: expected a list "
                           f"of {_REWARD_FORM}")
-    _check_names(cfg)
     for allowed, ok, keys in _RANGES:
         for key in keys.split():
             if not ok(dotted_get(cfg, key)):
                 raise ConfigError(f"{key}={show(dotted_get(cfg, key))} is out of range: expected {allowed}")
     a, r = cfg.algorithm, cfg.rollout
-    estimators = _algo().ADVANTAGES
-    if estimators[a.advantage].grouped and r.num_generations < 2:
-        raise ConfigError(
-            f"rollout.num_generations={r.num_generations} is too small for algorithm.advantage={a.advantage!r}: "
-            f"group estimators need >= 2 samples per prompt (or use algorithm.advantage='reinforce')")
-    if a.scale is not None and estimators[a.advantage].scale is None:
-        scaled = [name for name, e in estimators.items() if e.scale is not None]  # the mean-centred ones
-        raise ConfigError(
-            f"algorithm.scale={a.scale!r} does not apply to algorithm.advantage={a.advantage!r}: set "
-            f"algorithm.scale=null (scale is for {', '.join(scaled)})")
     if a.overlong_penalty and a.overlong_cache_len >= r.max_completion_length:
         raise ConfigError(
             f"algorithm.overlong_cache_len={a.overlong_cache_len} must be < rollout.max_completion_length="
@@ -228,7 +217,24 @@ def validate(cfg: Config) -> Config:
                           "samples from the policy itself, there is no engine memory to release; "
                           "set rollout.sleep=false")
     cfg.reward.functions = [_reward_spec(i, spec) for i, spec in enumerate(cfg.reward.functions)]
+    _check_algorithm(cfg)  # last: the other mistakes are told without waiting for torch
     return cfg
+
+
+def _check_algorithm(cfg: Config) -> None:
+    """Names against algo/'s registries and tables, then what the chosen estimator needs."""
+    _check_names(cfg)
+    a, r = cfg.algorithm, cfg.rollout
+    estimators = _algo().ADVANTAGES
+    if estimators[a.advantage].grouped and r.num_generations < 2:
+        raise ConfigError(
+            f"rollout.num_generations={r.num_generations} is too small for algorithm.advantage={a.advantage!r}: "
+            f"group estimators need >= 2 samples per prompt (or use algorithm.advantage='reinforce')")
+    if a.scale is not None and estimators[a.advantage].scale is None:
+        scaled = [name for name, e in estimators.items() if e.scale is not None]  # the mean-centred ones
+        raise ConfigError(
+            f"algorithm.scale={a.scale!r} does not apply to algorithm.advantage={a.advantage!r}: set "
+            f"algorithm.scale=null (scale is for {', '.join(scaled)})")
 
 
 def _reward_spec(i: int, spec: Any) -> dict:
