@@ -34,7 +34,7 @@ from grpo_trainer import manifest
 from grpo_trainer.faults import kill_point
 from grpo_trainer.lora import is_peft
 from grpo_trainer.manifest import MARKER
-from grpo_trainer.rollout.weights import iter_full_weights
+from grpo_trainer.weights import iter_full_weights
 
 log = logging.getLogger(__name__)
 

@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 # split; `--num-examples all` runs the whole split.
 DEFAULT_NUM_EXAMPLES = 400
 
-# For `_all_gather` outside a live process group: one store per process, one key prefix per call.
-_STORE = None
-_NUM_GATHERS = 0
-
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased estimate of pass@k for one problem from n samples of which c are correct.
@@ -163,7 +159,7 @@ def evaluate_model(
     1). `engine` / `reward_fn`: reuse a running rollout engine (e.g. the trainer's, with its current
     weights; `model_path` is then only a label) or reward computer; whatever is built here is
     closed before returning. Under a live process group (the trainer's Accelerator) pass
-    `engine`: closing an engine built here would tear that group down (see `_all_gather`).
+    `engine`: closing an engine built here would tear that group down (see `rollout.vllm_env`).
     Each process samples a strided share of the problems; the shares are gathered.
     torch's global RNG, which the engines reseed per call, is restored afterwards so a training
     loop that evaluates in between draws what it would have drawn without.
@@ -182,6 +178,7 @@ def evaluate_model(
     from grpo_trainer.data import DEFAULT_INSTRUCTION, render_prompts
     from grpo_trainer.rewards import build_reward_fn
     from grpo_trainer.rollout import SamplingConfig, make_engine
+    from grpo_trainer.rollout.vllm_env import gather_objects
 
     n_samples = k if num_samples is None else num_samples
     check_sampling(k, n_samples, temperature)
@@ -235,7 +232,7 @@ def evaluate_model(
         _empty_cuda_cache()
     seconds = time.perf_counter() - started
     if world > 1:
-        shards = _all_gather((records, seconds))
+        shards = gather_objects((records, seconds), rank, world)
         records = [r for shard, _ in shards for r in shard]
         seconds = max(sec for _, sec in shards)
     records.sort(key=lambda r: r["index"])
@@ -252,36 +249,6 @@ def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    """Every process's `obj`, in rank order.
-
-    Without a live process group a temporary gloo one is made and destroyed again: closing a
-    vLLM engine tears down whatever default group exists (EngineCore.shutdown ->
-    cleanup_dist_env_and_memory), so a group kept across models would be dead by the next one.
-    Each temporary group gets its own key prefix in one long-lived store: reusing the keys of an
-    earlier group lets a fast rank read a slow rank's stale address and fail to connect.
-    """
-    global _STORE, _NUM_GATHERS
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
-        return out
-    rank, world = _rank_world()
-    if _STORE is None:
-        _STORE = next(dist.rendezvous("env://", rank=rank, world_size=world))[0]
-    _NUM_GATHERS += 1  # every process gathers once per model, so the counts agree
-    dist.init_process_group("gloo", store=dist.PrefixStore(f"grpo_eval/{_NUM_GATHERS}", _STORE),
-                            rank=rank, world_size=world)
-    try:
-        out = [None] * world
-        dist.all_gather_object(out, obj)
-        return out
-    finally:
-        dist.destroy_process_group()
 
 
 def _empty_cuda_cache() -> None:
@@ -337,7 +304,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the engine's start-up chatter out of the table
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("vllm", "httpx", "datasets", "accelerate.utils.other"):
@@ -373,6 +339,9 @@ def _run(args: argparse.Namespace) -> int:
     check_verifier_specs(specs)
     check_sampling(args.k, num_samples, temperature)  # before minutes of data and model loading
 
+    from grpo_trainer.rollout.vllm_env import quiet_startup_logs
+
+    quiet_startup_logs()  # keep the engine's start-up chatter out of the table
     from grpo_trainer.data import DEFAULT_INSTRUCTION, load_examples
     from grpo_trainer.models import load_tokenizer
     from grpo_trainer.rewards import build_reward_fn

@@ -27,7 +27,7 @@ from grpo_trainer.models import load_causal_lm, load_tokenizer, resolve_model_pa
 from grpo_trainer.reward_guard import RewardGuard
 from grpo_trainer.rewards import build_reward_fn
 from grpo_trainer.rollout import RolloutBatch, SamplingConfig, concat_batches, make_engine, select_groups
-from grpo_trainer.rollout.weights import iter_full_weights
+from grpo_trainer.weights import iter_full_weights
 from grpo_trainer.update import PolicyUpdater, StepBatch, row_logprobs
 
 log = logging.getLogger(__name__)

@@ -103,7 +103,10 @@ def test_step_config_matches_the_comparison(tmp_path: Path):
 @pytest.mark.slow
 def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
     out = tmp_path / "bench.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    # Without VLLM_ENABLE_V1_MULTIPROCESSING (conftest sets it): the engine must set it itself, vLLM's
+    # variables being rollout/'s business, not the benchmark's.
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run([sys.executable, "-m", "grpo_trainer.bench", "--quick", "--skip-step", "--model",
                            str(tiny_llama), "--data", "synthetic", "--output", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -1,6 +1,7 @@
 """Bad input through the real command line: exit code 2, exactly one stderr line starting with
-`error:` that names the problem, and nothing written. None of these loads a model: the checks run
-before torch is imported (the model-path check imports torch, ~3 s), so each case takes ~0.5 s."""
+`error:` that names the problem, and nothing written. None of these loads a model. Config mistakes
+are told before torch is imported (~0.5 s a case); the preflight checks come after the config's
+algorithm names are checked against algo/'s registries, which imports torch (~3 s)."""
 
 from __future__ import annotations
 

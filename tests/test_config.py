@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import typing
 from pathlib import Path
 
 import pytest
@@ -201,14 +200,16 @@ def test_int_written_for_float_field_is_stored_as_float(tmp_path):
     assert cfg.rollout.kv_cache_gib == 2.0 and type(cfg.rollout.kv_cache_gib) is float
 
 
-def test_literal_allowed_values_match_the_algo_module():
-    # The config promises these estimators and scales; the algo module must implement the same set.
+def test_algorithm_names_are_read_from_the_algo_registries():
+    # The config keeps no list of estimator/loss/scale names: its error lists algo's own tables.
     import grpo_trainer.algo as algo
 
-    hints = typing.get_type_hints(AlgorithmConfig)
-    assert typing.get_args(hints["advantage"]) == tuple(algo.ESTIMATORS)
-    scale_literal = [a for a in typing.get_args(hints["scale"]) if a is not type(None)][0]
-    assert typing.get_args(scale_literal) == tuple(algo.SCALES)
+    for key, names in [("advantage", algo.ADVANTAGES), ("policy_loss", algo.POLICY_LOSSES),
+                       ("loss_agg", algo.AGGREGATIONS), ("kl_estimator", algo.KL_ESTIMATORS)]:
+        assert error(None, [f"algorithm.{key}=xyz"]) == (
+            f"algorithm.{key}='xyz' is not allowed: expected one of {', '.join(repr(n) for n in names)}")
+    assert error(None, ["algorithm.scale=xyz"]) == (
+        f"algorithm.scale='xyz' is not allowed: expected one of {', '.join(repr(n) for n in algo.SCALES)} or null")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
     ("model.dtyp=float32", "unknown key 'model.dtyp' (did you mean 'model.dtype'?); valid keys in model: "
                            "name_or_path, dtype, trust_remote_code, gradient_checkpointing, lora"),
     ("algorithm.eps=0.2", "unknown key 'algorithm.eps' (did you mean 'algorithm.eps_low'?); valid keys in algorithm: "
-                          "advantage, scale, loss_agg, eps_low, eps_high, dual_clip_c, beta, kl_estimator, "
+                          "advantage, scale, loss_agg, policy_loss, eps_low, eps_high, dual_clip_c, beta, kl_estimator, "
                           "kl_mode, kl_target, ref_reset_every, softmax_beta, reinforce_baseline, num_iterations, "
                           "num_mini_batches, target_kl, tis_cap, entropy_coef, skip_zero_advantage, dynamic_sampling, max_gen_rounds, "
                           "overlong_filter, overlong_penalty, overlong_cache_len, overlong_penalty_factor"),

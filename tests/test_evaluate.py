@@ -376,13 +376,13 @@ def test_cli_end_to_end_tiny_llama(tiny_llama: Path, tmp_path: Path):
 
 GATHER_SCRIPT = """
 import json, os, sys, time
-from grpo_trainer.evaluate import _all_gather
+from grpo_trainer.rollout.vllm_env import gather_objects
 rank = int(os.environ["RANK"])
 got = []
 for i in range(3):
     if rank == 1 and i:
         time.sleep(1.5)  # rank 0 reaches the next gather first, as after a faster shard
-    got.append(_all_gather([rank, i]))
+    got.append(gather_objects([rank, i], rank, 2))
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:  # one file each: no interleaving
     json.dump(got, fh)
 """

@@ -14,7 +14,7 @@ from grpo_trainer.config import LoraConfig
 from grpo_trainer.forward import completion_logprobs, pack
 from grpo_trainer.lora import AdapterDisabled, wrap
 from grpo_trainer.models import load_causal_lm
-from grpo_trainer.rollout.weights import hf_name, iter_full_weights
+from grpo_trainer.weights import hf_name, iter_full_weights
 
 PROMPT = [1, 520, 2300, 45, 98, 7, 311]
 COMPLETIONS = [[40, 41, 42, 43, 2], [900, 17, 3]]

@@ -36,7 +36,7 @@ def test_sleep_frees_gpu_memory_and_the_push_restores_the_weights(tiny_llama: Pa
     from grpo_trainer.forward import completion_logprobs, pack
     from grpo_trainer.models import load_causal_lm
     from grpo_trainer.rollout import SamplingConfig, make_engine
-    from grpo_trainer.rollout.weights import iter_full_weights
+    from grpo_trainer.weights import iter_full_weights
 
     engine = make_engine("vllm", model_path=str(tiny_llama), dtype="float32", seed=0, max_model_len=128,
                          gpu_memory_utilization=0.1, sleep=True)

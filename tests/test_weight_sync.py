@@ -10,7 +10,7 @@ import torch
 from grpo_trainer.forward import completion_logprobs, pack
 from grpo_trainer.models import load_causal_lm
 from grpo_trainer.rollout import SamplingConfig, make_engine
-from grpo_trainer.rollout.weights import iter_full_weights
+from grpo_trainer.weights import iter_full_weights
 
 
 @pytest.mark.slow

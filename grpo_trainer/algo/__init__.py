@@ -6,10 +6,11 @@
 - loss:       clipped_policy_loss, aggregate_loss, tis_weights
 - kl:         kl_estimate, adaptive_kl_beta, logprob_mismatch
 - filters:    informative_groups, overlong_loss_mask, soft_overlong_penalty, group_upweight
+- registry:   ADVANTAGES, POLICY_LOSSES (name -> function tables), register_advantage,
+              register_policy_loss
 """
 
 from .advantages import (
-    ESTIMATORS,
     SCALES,
     dr_grpo_advantages,
     group_advantages,
@@ -22,11 +23,13 @@ from .filters import group_upweight, informative_groups, overlong_loss_mask, sof
 from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate, logprob_mismatch
 from .logprobs import entropy_from_logits, selective_log_softmax
 from .loss import AGGREGATIONS, aggregate_loss, clipped_policy_loss, tis_weights
+from .registry import ADVANTAGES, POLICY_LOSSES, register_advantage, register_policy_loss
 
 __all__ = [
+    "ADVANTAGES",
     "AGGREGATIONS",
-    "ESTIMATORS",
     "KL_ESTIMATORS",
+    "POLICY_LOSSES",
     "SCALES",
     "adaptive_kl_beta",
     "aggregate_loss",
@@ -40,6 +43,8 @@ __all__ = [
     "kl_estimate",
     "logprob_mismatch",
     "overlong_loss_mask",
+    "register_advantage",
+    "register_policy_loss",
     "reinforce_advantages",
     "rloo_advantages",
     "selective_log_softmax",

@@ -12,9 +12,12 @@ Estimators (``estimator=``):
 - ``reinforce`` r_i, or r_i - mean_batch with baseline    REINFORCE (Williams 1992)
 - ``softmax``  exp(beta r_i) / sum_j exp(beta r_j) - 1/G  (softmax-weighted group baseline)
 
+Each is registered by name (``algo/registry.py``); ``group_advantages`` dispatches through that
+table and config validation lists its names, so a new estimator is one decorated function.
+
 ``grpo``, ``dr_grpo`` and ``rloo`` are *mean-centred*: they compute a centred value c_i and
-then apply ``scale`` to it. ``grpo`` and ``dr_grpo`` share the same centring and differ only in
-their default scale ("group" vs "none"). Scales:
+then apply ``scale`` to it. ``dr_grpo`` is ``grpo`` registered a second time with another
+default scale ("none" instead of "group"). Scales:
 
 - ``group``  c_i / (std_g + eps), std over the G rewards of the group.
 - ``batch``  c_i / (std_batch + eps), std over all N rewards passed in (group-level mean,
@@ -36,13 +39,14 @@ them (never NaN, even with eps = 0).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce", "softmax")
+from .registry import ADVANTAGES, register_advantage
+
 SCALES = ("group", "batch", "none", "sqrt_g")
-_DEFAULT_SCALE = {"grpo": "group", "dr_grpo": "none", "rloo": "none"}
 
 
 def as_groups(
@@ -106,6 +110,7 @@ def _scale(
     return out.reshape(-1)
 
 
+@register_advantage("grpo", scale="group")
 def grpo_advantages(
     rewards: torch.Tensor,  # (N,) group-major, N = B*G
     group_size: int,
@@ -115,25 +120,19 @@ def grpo_advantages(
     """GRPO outcome advantage (r_i - mean(r)) / std(r), DeepSeekMath arXiv 2402.03300 sec. 4.1.2.
 
     std is the unbiased (n - 1) group std plus ``eps``; see the module docstring for ``scale``.
+    With ``scale="none"`` this is Dr.GRPO's r_i - mean(r) (arXiv 2503.20783 eq. 3).
     """
     g = as_groups(rewards, group_size)
     return _scale(g - g.mean(dim=1, keepdim=True), g, scale, eps)
 
 
-def dr_grpo_advantages(
-    rewards: torch.Tensor,  # (N,) group-major, N = B*G
-    group_size: int,
-    scale: str = "none",
-    eps: float = 1e-6,
-) -> torch.Tensor:  # (N,)
-    """Dr.GRPO advantage r_i - mean(r) without std division, arXiv 2503.20783 eq. 3.
-
-    Same centring as :func:`grpo_advantages`; only the default ``scale`` differs ("none").
-    """
-    g = as_groups(rewards, group_size)
-    return _scale(g - g.mean(dim=1, keepdim=True), g, scale, eps)
+# Dr.GRPO (arXiv 2503.20783 eq. 3) is GRPO's centring without the std division: the same function
+# under a second name whose default scale is "none".
+register_advantage("dr_grpo", scale="none")(grpo_advantages)
+dr_grpo_advantages = functools.partial(grpo_advantages, scale="none")
 
 
+@register_advantage("rloo", scale="none")
 def rloo_advantages(
     rewards: torch.Tensor,  # (N,) group-major, N = B*G
     group_size: int,
@@ -153,16 +152,18 @@ def rloo_advantages(
     return _scale(centred, g, scale, eps)
 
 
+@register_advantage("reinforce", grouped=False, options={"reinforce_baseline": "baseline"})
 def reinforce_advantages(
-    rewards: torch.Tensor,  # (N,)
+    rewards: torch.Tensor,  # (N,) group-major, N = B*G
+    group_size: int = 1,
     baseline: bool = False,
 ) -> torch.Tensor:  # (N,)
     """REINFORCE (Williams 1992; the RLOO paper's arXiv 2402.14740 eq. 2) with the raw reward.
 
     With ``baseline`` the batch mean reward is subtracted (a constant baseline, unbiased).
-    Groups play no role, so there is no group_size here.
+    Groups play no role: ``group_size`` only checks that whole groups were passed.
     """
-    g = as_groups(rewards, 1).reshape(-1)
+    g = as_groups(rewards, group_size).reshape(-1)
     if baseline and g.numel() > 0:
         if bool(g.amax() == g.amin()):
             return torch.zeros_like(g)
@@ -170,6 +171,7 @@ def reinforce_advantages(
     return g
 
 
+@register_advantage("softmax", options={"softmax_beta": "beta"})
 def softmax_advantages(
     rewards: torch.Tensor,  # (N,) group-major, N = B*G
     group_size: int,
@@ -195,31 +197,23 @@ def group_advantages(
     estimator: str,
     scale: str | None = None,
     eps: float = 1e-6,
-    softmax_beta: float = 1.0,
-    baseline: bool = False,
+    **options,
 ) -> torch.Tensor:  # (N,)
-    """Dispatch ``algorithm.advantage`` to one estimator; see the module docstring.
+    """Dispatch ``algorithm.advantage`` to the registered estimator; see the module docstring.
 
-    ``scale=None`` means the estimator's own default (grpo: "group", dr_grpo and rloo: "none").
-    ``scale`` applies only to grpo/dr_grpo/rloo and ``baseline`` only to reinforce; setting
-    them for another estimator is an error rather than silently ignored.
+    ``scale=None`` means the estimator's own default (grpo: "group", dr_grpo and rloo: "none");
+    ``scale`` and ``eps`` go only to mean-centred estimators. ``options`` are the estimator's
+    own keywords, by its config key or its parameter name (``softmax_beta=`` or ``beta=``);
+    one that does not apply is an error rather than silently ignored.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(
-            f"unknown advantage estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}"
-        )
-    if scale is not None and estimator not in _DEFAULT_SCALE:
+    entry = ADVANTAGES.entry(estimator)
+    kwargs = {entry.keyword(name): value for name, value in options.items()}
+    if entry.scale is not None:
+        kwargs.update(scale=entry.scale if scale is None else scale, eps=eps)
+    elif scale is not None:
+        scaled = ", ".join(name for name, e in ADVANTAGES.items() if e.scale is not None)
         raise ValueError(
             f"scale={scale!r} does not apply to estimator {estimator!r}; pass scale=None "
-            f"(scale is for {', '.join(_DEFAULT_SCALE)})"
+            f"(scale is for {scaled})"
         )
-    if baseline and estimator != "reinforce":
-        raise ValueError(f"baseline=True applies only to estimator 'reinforce', not {estimator!r}")
-    if estimator == "reinforce":
-        as_groups(rewards, group_size)  # still enforce whole groups
-        return reinforce_advantages(rewards, baseline=baseline)
-    if estimator == "softmax":
-        return softmax_advantages(rewards, group_size, beta=softmax_beta)
-    scale = _DEFAULT_SCALE[estimator] if scale is None else scale
-    fn = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages}
-    return fn[estimator](rewards, group_size, scale=scale, eps=eps)
+    return entry.fn(rewards, group_size, **kwargs)

@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from .registry import register_policy_loss
+
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 
@@ -31,6 +33,9 @@ def _bool_mask(mask: torch.Tensor, like: torch.Tensor, name: str = "mask") -> to
     return mask if mask.dtype == torch.bool else mask != 0
 
 
+# algorithm.policy_loss: ppo_clip; the clip ranges come from the config keys of the same names.
+@register_policy_loss("ppo_clip", options={"eps_low": "eps_low", "eps_high": "eps_high",
+                                           "dual_clip_c": "dual_clip_c"})
 def clipped_policy_loss(
     logp: torch.Tensor,  # (N, T) log pi_theta of the sampled tokens (requires grad)
     old_logp: torch.Tensor,  # (N, T) log pi_theta_old of the same tokens (no grad)

@@ -1,13 +1,7 @@
-"""Typed run configuration: dataclasses loaded from a YAML recipe plus dotted overrides.
+"""The schema: typed dataclasses of a run's configuration, and the error every check raises.
 
-    cfg = load_config("recipes/quickstart.yaml", ["trainer.max_steps=3", "resume=auto"])
-
-Every mistake is reported as one `ConfigError` line that names the key and what is allowed:
-unknown keys suggest the closest valid one and list the valid ones, wrong types name the expected
-type, out-of-range values name the range. Overrides are merged into the recipe key by key; their
-values are YAML (`3` -> int, `null` -> None, `[{name: gsm8k}]` -> list). Float fields also take
-numeric strings such as "1e-5", which YAML 1.1 (PyYAML) reads as a string for want of a dot; int
-fields take whole numbers in any notation (`1e3`, `1.5e3`), and refuse fractions.
+Nothing here reads files or checks values (checks.py does, loader.py reads YAML): this module
+imports only the standard library, so every other config module can import it.
 """
 
 from __future__ import annotations
@@ -23,6 +17,12 @@ class ConfigError(ValueError):
     def __init__(self, message: str):
         # One line even when a YAML problem text or a value carries a newline.
         super().__init__(" ".join(str(message).split("\n")))
+
+
+def algo_names(table: str, default: Optional[str]) -> Any:
+    """A str field whose allowed values are the names in ``grpo_trainer.algo.<table>`` (a registry
+    or tuple), checked by checks.validate: the names are kept once, in algo/, not here."""
+    return field(default=default, metadata={"choices": table})
 
 
 @dataclass
@@ -88,15 +88,16 @@ class RolloutConfig:
 
 @dataclass
 class AlgorithmConfig:
-    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce", "softmax"] = "grpo"
+    advantage: str = algo_names("ADVANTAGES", "grpo")  # a registered estimator (algo/advantages.py)
     # None: the estimator's own default (grpo: group std; dr_grpo, rloo: none).
-    scale: Optional[Literal["group", "batch", "none", "sqrt_g"]] = None
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    scale: Optional[str] = algo_names("SCALES", None)
+    loss_agg: str = algo_names("AGGREGATIONS", "token_mean")
+    policy_loss: str = algo_names("POLICY_LOSSES", "ppo_clip")  # a registered loss (algo/loss.py)
     eps_low: float = 0.2
     eps_high: float = 0.2  # > eps_low is DAPO's clip-higher
     dual_clip_c: Optional[float] = None
     beta: float = 0.0  # KL coefficient; 0 builds no reference model
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: str = algo_names("KL_ESTIMATORS", "k3")
     # "loss": beta * KL estimator per token in the loss (GRPO); "reward": beta * sum_t k1 taken
     # off each sequence's reward before the advantages (PPO-RLHF style).
     kl_mode: Literal["loss", "reward"] = "loss"
@@ -191,121 +192,3 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# (what is allowed, predicate on the value, the keys it applies to), checked after the types are.
-_RANGES = [
-    ("an integer >= 1", lambda v: v >= 1,
-     "data.max_prompt_length rollout.num_generations rollout.max_completion_length algorithm.num_iterations "
-     "algorithm.num_mini_batches algorithm.max_gen_rounds "
-     "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
-     "trainer.eval_examples "
-     "trainer.keep_last trainer.max_bad_steps trainer.max_no_reward_steps model.lora.r"),
-    ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
-     "algorithm.ref_reset_every algorithm.overlong_cache_len "
-     "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every"),
-    ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
-     "trainer.learning_rate trainer.max_grad_norm model.lora.alpha"),
-    ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay "
-     "algorithm.overlong_penalty_factor"),
-    ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.kl_target algorithm.target_kl "
-     "trainer.max_mismatch_kl"),
-    ("null or a float >= 1", lambda v: v is None or v >= 1, "algorithm.tis_cap"),
-    ("a float > 0", lambda v: v > 0, "algorithm.softmax_beta"),
-    ("a float in (0, 1]", lambda v: 0 < v <= 1, "rollout.top_p rollout.gpu_memory_utilization"),
-    ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low trainer.adam_beta1 trainer.adam_beta2 model.lora.dropout"),
-    ("null or an integer >= 1", lambda v: v is None or v >= 1, "data.num_examples trainer.micro_batch_tokens"),
-    ("null or a float > 1", lambda v: v is None or v > 1, "algorithm.dual_clip_c"),
-    ("an integer in 1..4", lambda v: 1 <= v <= 4, "data.difficulty"),
-    ("-1 (off) or an integer >= 1", lambda v: v == -1 or v >= 1, "rollout.top_k"),
-    # numpy's seed (set by accelerate's set_seed) must fit in 32 bits.
-    ("an integer in [0, 2**32)", lambda v: 0 <= v < 2**32, "trainer.seed"),
-    ("a non-empty str", lambda v: v.strip() != "", "model.name_or_path data.source data.split "
-     "data.question_key data.answer_key trainer.output_dir"),
-    ("null, 'auto' or a checkpoint path", lambda v: v is None or v.strip() != "", "resume"),
-    ("a non-empty list", lambda v: len(v) >= 1, "reward.functions model.lora.target_modules"),
-]
-
-_GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "softmax")
-_SCALED_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # the mean-centred ones; see algo/advantages.py
-_REWARD_KEYS = ("name", "weight", "kwargs", "label")
-_REWARD_FORM = "{name: <verifier or module.path:function>, weight: <float>, kwargs: {...}, label: <optional str>}"
-
-
-def validate(cfg: Config) -> Config:
-    """Range and cross-field checks; also normalises reward.functions (weight float, kwargs dict)."""
-    if not isinstance(cfg.reward.functions, list):
-        raise ConfigError(f"reward.functions={_show(cfg.reward.functions)} has the wrong type: expected a list "
-                          f"of {_REWARD_FORM}")
-    for allowed, ok, keys in _RANGES:
-        for key in keys.split():
-            if not ok(_get(cfg, key)):
-                raise ConfigError(f"{key}={_show(_get(cfg, key))} is out of range: expected {allowed}")
-    a, r = cfg.algorithm, cfg.rollout
-    if a.advantage in _GROUP_ESTIMATORS and r.num_generations < 2:
-        raise ConfigError(
-            f"rollout.num_generations={r.num_generations} is too small for algorithm.advantage={a.advantage!r}: "
-            f"group estimators need >= 2 samples per prompt (or use algorithm.advantage='reinforce')")
-    if a.scale is not None and a.advantage not in _SCALED_ESTIMATORS:
-        raise ConfigError(
-            f"algorithm.scale={a.scale!r} does not apply to algorithm.advantage={a.advantage!r}: set "
-            f"algorithm.scale=null (scale is for {', '.join(_SCALED_ESTIMATORS)})")
-    if a.overlong_penalty and a.overlong_cache_len >= r.max_completion_length:
-        raise ConfigError(
-            f"algorithm.overlong_cache_len={a.overlong_cache_len} must be < rollout.max_completion_length="
-            f"{r.max_completion_length}: the penalty ramps over the last overlong_cache_len tokens")
-    if a.dynamic_sampling != "off" and r.num_generations < 2:
-        raise ConfigError("algorithm.dynamic_sampling needs rollout.num_generations >= 2: it drops groups "
-                          "whose rewards all agree")
-    if r.sleep and r.backend != "vllm":
-        raise ConfigError(f"rollout.sleep=true needs rollout.backend=vllm (got {r.backend!r}): the hf backend "
-                          "samples from the policy itself, there is no engine memory to release; "
-                          "set rollout.sleep=false")
-    cfg.reward.functions = [_reward_spec(i, spec) for i, spec in enumerate(cfg.reward.functions)]
-    return cfg
-
-
-def _reward_spec(i: int, spec: Any) -> dict:
-    where = f"reward.functions[{i}]"
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where}={_show(spec)} is invalid: expected a mapping {_REWARD_FORM}")
-    for key in spec:
-        if key not in _REWARD_KEYS:
-            raise _unknown_key(f"{where}.", key, _REWARD_KEYS)
-    name = spec.get("name")
-    if name is None:
-        raise ConfigError(f"{where} has no name: add name: <registered verifier such as gsm8k, "
-                          "or module.path:function>")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{where}.name={_show(name)} is invalid: expected a non-empty str "
-                          "(a registered verifier such as gsm8k, or module.path:function)")
-    out = {"name": name, "weight": _coerce(f"{where}.weight", spec.get("weight", 1.0), float)}
-    kwargs = spec.get("kwargs")
-    kwargs = {} if kwargs is None else kwargs
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise ConfigError(f"{where}.kwargs={_show(kwargs)} has the wrong type: expected a mapping of "
-                          "keyword arguments with str keys, e.g. {mode: strict}")
-    out["kwargs"] = kwargs
-    label = spec.get("label")
-    if label is not None:
-        if not isinstance(label, str) or not label.strip():
-            raise ConfigError(f"{where}.label={_show(label)} is invalid: expected null or a non-empty str")
-        out["label"] = label
-    return out
-
-
-# Loading lives in config_loader.py (imported last: it needs the classes above).
-from grpo_trainer.config_loader import (  # noqa: E402
-    DEFAULT_DIFF_IGNORE,
-    _coerce,
-    _get,
-    _show,
-    _unknown_key,
-    config_diff,
-    load_config,
-    parse_override,
-    save_config,
-)
-
-__all__ = ["Config", "ConfigError", "DEFAULT_DIFF_IGNORE", "config_diff", "load_config", "parse_override",
-           "save_config", "validate"]

