@@ -107,24 +107,27 @@ def aggregate(records: list[dict], k: int) -> dict[str, Any]:
 
 
 def _score_chunk(idx, kept, origin, texts, batch, tokenizer, reward_fn, labels, save_completions) -> list[dict]:
-    G = batch.group_size
-    decoded = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
-    out = reward_fn(prompts=[texts[i] for i in idx for _ in range(G)], completions=decoded,
-                    completion_ids=batch.completion_ids, answers=[kept[i]["answer"] for i in idx for _ in range(G)])
+    from grpo_trainer.record import RolloutRecord
+    from grpo_trainer.scoring import PromptSet, score
+
+    # The trainer's scoring path: the same reward-function call on the same record.
+    record, out = score(RolloutRecord.from_engine(batch, idx, tokenizer), reward_fn, PromptSet(kept, texts, []))
+    G = record.group_size
+    lens, truncated = record.completion_lens.tolist(), record.truncated.tolist()
     records = []
     for j, i in enumerate(idx):
         rows = range(j * G, (j + 1) * G)  # group-major: the G samples of prompt j
         rec = {"index": origin[i], "gold": kept[i]["gold"], "num_samples": G,
                "num_correct": sum(out.correct[r] for r in rows),
                "num_formatted": sum(out.formatted[r] for r in rows),
-               "num_tokens": sum(len(batch.completion_ids[r]) for r in rows),
-               "num_truncated": sum(batch.truncated[r] for r in rows),
+               "num_tokens": sum(lens[r] for r in rows),
+               "num_truncated": sum(truncated[r] for r in rows),
                "parsed": [out.parsed[r] for r in rows],
                # A score of 1 is a correct answer under that extraction (None: the verifier failed).
                "correct_by": {lab: sum((out.components[lab][r] or 0.0) >= 1.0 for r in rows)
                               for lab in labels if lab in out.components}}
         if save_completions:
-            rec["completions"] = [decoded[r] for r in rows]
+            rec["completions"] = [record.texts[r] for r in rows]
         records.append(rec)
     return records
 
@@ -146,6 +149,7 @@ def evaluate_model(
     dtype: str = "float32",
     engine=None,
     reward_fn=None,
+    prompts=None,
     kv_cache_gib: float = 2.0,
     gpu_memory_utilization: float = 0.85,
     chunk_size: int = 64,
@@ -168,9 +172,12 @@ def evaluate_model(
     problem in `examples` order: index (position in `examples`), gold, num_samples, num_correct,
     num_formatted, num_tokens, num_truncated, parsed (what the verifier read per sample),
     correct_by ({extraction: correct samples}) and, with save_completions, completions.
-    Scoring: `eval_settings.scoring_specs(verifier_specs)` (a gsm8k verifier is scored in both
-    extraction modes, its own mode deciding `accuracy`); a `reward_fn` passed in should be built
-    from those specs, or only the extractions it holds are reported.
+    `prompts`: `examples` already rendered (a scoring.PromptSet of the kept ones, e.g. the
+    trainer's, rendered once); instruction, system_prompt and max_prompt_length are then unused.
+    Scoring (scoring.score, the trainer's path): `eval_settings.scoring_specs(verifier_specs)`
+    (a gsm8k verifier is scored in both extraction modes, its own mode deciding `accuracy`); a
+    `reward_fn` passed in should be built from those specs, or only the extractions it holds are
+    reported.
     """
     import torch
     from tqdm.auto import tqdm
@@ -187,8 +194,11 @@ def evaluate_model(
     check_verifier_specs(verifier_specs or [{"name": DEFAULT_VERIFIER}])
     specs, labels = scoring_specs(verifier_specs or [{"name": DEFAULT_VERIFIER}])
     rank, world = _rank_world()
-    kept, texts, ids, dropped = render_prompts(examples, tokenizer, DEFAULT_INSTRUCTION if instruction is None
-                                               else instruction, system_prompt, max_prompt_length)
+    if prompts is None:
+        kept, texts, ids, dropped = render_prompts(examples, tokenizer, DEFAULT_INSTRUCTION if instruction is None
+                                                   else instruction, system_prompt, max_prompt_length)
+    else:
+        kept, texts, ids, dropped = prompts.examples, prompts.texts, prompts.ids, len(examples) - len(prompts.examples)
     mine = list(range(rank, len(kept), world))
     # Records name a problem by its position in `examples`, which prompts dropped as too long shift.
     position = {id(ex): i for i, ex in enumerate(examples)}

@@ -1,7 +1,9 @@
 """Turning rollout rows into model inputs, and model outputs into per-token log-probs.
 
-The G completions of a group share one prompt, so a micro-batch stores each distinct prompt once
-(`prompt_ids`, left-padded) and maps every row to its prompt (`prompt_index`). The forward then
+The G completions of a group share one prompt, so a micro-batch stores each of its groups'
+prompts once (`prompt_ids`, left-padded) and maps every row to its prompt (`prompt_index`). The
+trainer's rows come from a rollout record (record.py), which names each row's group: planning
+and packing read that, never the prompt tokens. The forward then
 runs in two calls (`share_prompt=True`):
 
 1. the U distinct prompts, keeping their keys/values (and the logits of their last position,
@@ -26,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from grpo_trainer.algo import entropy_from_logits, selective_log_softmax
+from grpo_trainer.record import RolloutRecord
 
 
 @dataclass
@@ -35,11 +38,13 @@ class MicroBatch:
     prompt_mask: torch.Tensor  # (U, P) long: 1 on real prompt tokens
     prompt_index: torch.Tensor  # (M,) long: row -> its prompt in prompt_ids
     completion_ids: torch.Tensor  # (M, C) right-padded
-    completion_mask: torch.Tensor  # (M, C) bool: real completion tokens
+    completion_mask: torch.Tensor  # (M, C) bool: real completion tokens (what attention sees)
+    loss_mask: torch.Tensor  # (M, C) bool: the tokens trained on (the record's loss mask)
 
     def to(self, device) -> "MicroBatch":
         return MicroBatch(self.rows, *(t.to(device) for t in (self.prompt_ids, self.prompt_mask, self.prompt_index,
-                                                               self.completion_ids, self.completion_mask)))
+                                                               self.completion_ids, self.completion_mask,
+                                                               self.loss_mask)))
 
     @property
     def attention_mask(self) -> torch.Tensor:  # (M, P+C): the flat layout's mask
@@ -50,9 +55,40 @@ class MicroBatch:
         return self.prompt_ids.numel() + self.completion_ids.numel()
 
 
+def pack_record(record: RolloutRecord, rows: list[int]) -> MicroBatch:
+    """The given rows of a rollout record as one micro-batch: each of their groups' prompts once
+    (in order of first appearance), completions cut to the longest of these rows."""
+    r = torch.tensor(rows, dtype=torch.long)
+    distinct: dict[int, int] = {}
+    index = [distinct.setdefault(g, len(distinct)) for g in record.group[r].tolist()]
+    groups = torch.tensor(list(distinct), dtype=torch.long)
+    plens = record.prompt_lens[groups]
+    P = int(plens.max())
+    prompt_ids = torch.full((len(distinct), P), record.pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(distinct), P), dtype=torch.long)
+    for u, (g, n) in enumerate(zip(groups.tolist(), plens.tolist())):
+        prompt_ids[u, P - n:] = record.prompt_ids[g, :n]
+        prompt_mask[u, P - n:] = 1
+    lens = record.completion_lens[r]
+    C = max(int(lens.max()), 1)
+    return MicroBatch(rows, prompt_ids, prompt_mask, torch.tensor(index, dtype=torch.long),
+                      record.completion_ids[r, :C], torch.arange(C)[None] < lens[:, None], record.loss_mask[r, :C])
+
+
+def record_micro_batches(record: RolloutRecord, rows: list[int], micro_batch_size: int,
+                         max_tokens: int | None = None) -> list[MicroBatch]:
+    """`rows` of the record planned by `plan_groups` and packed."""
+    r = torch.tensor(rows, dtype=torch.long)
+    groups = record.group[r]
+    plan = plan_groups(groups.tolist(), record.prompt_lens[groups].tolist(), record.completion_lens[r].tolist(),
+                       micro_batch_size, max_tokens)
+    return [pack_record(record, [rows[j] for j in p]) for p in plan]
+
+
 def pack(rows: list[int], prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> MicroBatch:
-    """Pad the given rows into one micro-batch (prompts[i] and completions[i] belong to rows[i]).
-    Rows with equal prompts share one entry of `prompt_ids`."""
+    """Pad the given rows into one micro-batch (prompts[i] and completions[i] belong to rows[i]),
+    for callers holding plain lists (tests, the benchmark). Rows with equal prompts share one
+    entry of `prompt_ids`; every real token is trained on."""
     distinct: dict[tuple[int, ...], int] = {}
     index = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
     P = max(len(p) for p in distinct)
@@ -68,40 +104,49 @@ def pack(rows: list[int], prompts: list[list[int]], completions: list[list[int]]
         completion_ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
         completion_mask[i, :len(c)] = True
     return MicroBatch(rows, prompt_ids, prompt_mask, torch.tensor(index, dtype=torch.long), completion_ids,
-                      completion_mask)
+                      completion_mask, completion_mask)
+
+
+def plan_groups(groups: list[int], prompt_lens: list[int], completion_lens: list[int], micro_batch_size: int,
+                max_tokens: int | None = None) -> list[list[int]]:
+    """Split positions 0..n-1 (one per row: its group, prompt length and completion length) into
+    micro-batches of at most `micro_batch_size` rows and, if given, at most `max_tokens` computed
+    tokens (U*P + M*C, see `MicroBatch.padded_tokens`).
+
+    Rows of one group stay adjacent, so a micro-batch computes few distinct prompts; groups are
+    ordered by prompt length and rows by completion length, so that little of each micro-batch is
+    padding.
+    """
+    by_group: dict[int, list[int]] = {}
+    for j, g in enumerate(groups):
+        by_group.setdefault(g, []).append(j)
+    ordered = sorted(by_group.values(), key=lambda js: (prompt_lens[js[0]], max(completion_lens[j] for j in js)))
+    order = [j for js in ordered for j in sorted(js, key=lambda j: completion_lens[j])]
+
+    def cost(js: list[int]) -> int:
+        distinct = {groups[j]: prompt_lens[j] for j in js}
+        return len(distinct) * max(distinct.values()) + len(js) * max(max(completion_lens[j] for j in js), 1)
+
+    plan: list[list[int]] = []
+    for j in order:
+        if plan and len(plan[-1]) < micro_batch_size and (max_tokens is None or cost(plan[-1] + [j]) <= max_tokens):
+            plan[-1].append(j)
+        else:
+            plan.append([j])
+    return plan
 
 
 def plan_micro_batches(prompts: list[list[int]], completions: list[list[int]], micro_batch_size: int,
                        max_tokens: int | None = None) -> list[list[int]]:
-    """Split row indices into micro-batches of at most `micro_batch_size` rows and, if given, at
-    most `max_tokens` computed tokens (U*P + M*C, see `MicroBatch.padded_tokens`).
-
-    Rows of one prompt stay adjacent, so a micro-batch computes few distinct prompts; prompts are
-    ordered by length and rows by completion length, so that little of each micro-batch is padding.
-    """
-    keys = [tuple(p) for p in prompts]
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for i, key in enumerate(keys):
-        by_prompt.setdefault(key, []).append(i)
-    groups = sorted(by_prompt.items(), key=lambda kv: (len(kv[0]), max(len(completions[i]) for i in kv[1])))
-    order = [i for _, rows in groups for i in sorted(rows, key=lambda i: len(completions[i]))]
-
-    def cost(rows: list[int]) -> int:
-        distinct = {keys[i] for i in rows}
-        return len(distinct) * max(map(len, distinct)) + len(rows) * max(max(len(completions[i]) for i in rows), 1)
-
-    plan: list[list[int]] = []
-    for i in order:
-        if plan and len(plan[-1]) < micro_batch_size and (max_tokens is None or cost(plan[-1] + [i]) <= max_tokens):
-            plan[-1].append(i)
-        else:
-            plan.append([i])
-    return plan
+    """`plan_groups` for plain lists: rows with equal prompts form a group."""
+    ids: dict[tuple[int, ...], int] = {}
+    groups = [ids.setdefault(tuple(p), len(ids)) for p in prompts]
+    return plan_groups(groups, [len(p) for p in prompts], [len(c) for c in completions], micro_batch_size, max_tokens)
 
 
 def micro_batches(rows: list[int], prompts: list[list[int]], completions: list[list[int]], pad_id: int,
                   micro_batch_size: int, max_tokens: int | None = None) -> list[MicroBatch]:
-    """`rows` (indices into prompts/completions) planned by `plan_micro_batches` and packed."""
+    """`rows` (indices into prompts/completions) planned by `plan_micro_batches` and packed (plain lists)."""
     plan = plan_micro_batches([prompts[i] for i in rows], [completions[i] for i in rows], micro_batch_size,
                               max_tokens)
     return [pack([rows[j] for j in p], [prompts[rows[j]] for j in p], [completions[rows[j]] for j in p], pad_id)

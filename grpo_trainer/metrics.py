@@ -39,35 +39,49 @@ def _clean(value):
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, enabled: bool, start_step: int, max_steps: int):
+    """Exists from the trainer's construction, so a lone `train_step` can log; `begin` (the
+    training loop, once the start step is known after a resume) trims the files to that step and
+    starts the progress bar."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool, max_steps: int):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
+        self.max_steps = max_steps
         self.history: list[dict] = []
-        if not enabled:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
+        self.bar = None
+
+    def begin(self, start_step: int) -> None:
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         # A resumed run rewrites the steps after its checkpoint; keep the rows up to it (a fresh run: none).
         self.history = [row for row in _read_jsonl(self.metrics_path) if row.get("step", 0) <= start_step]
         _write_jsonl(self.metrics_path, self.history)
         _write_jsonl(self.samples_path, [r for r in _read_jsonl(self.samples_path) if r.get("step", 0) <= start_step])
-        self.bar = tqdm(total=max_steps, initial=start_step, desc="GRPO", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=self.max_steps, initial=start_step, desc="GRPO", unit="step", dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         self.history.append(row)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         parts = [f"{short}={row[key]:.3g}" for key, short in CONSOLE if isinstance(row.get(key), (int, float))]
-        self.bar.write(f"step {step:4d} | " + " ".join(parts))
-        self.bar.update(1)
+        line = f"step {step:4d} | " + " ".join(parts)
+        if self.bar is None:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+            self.bar.update(1)
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if not self.enabled or not samples:
             return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.samples_path, "a") as fh:
             for s in samples:
                 fh.write(json.dumps({"step": step, **s}) + "\n")
@@ -88,8 +102,9 @@ class MetricsLogger:
         return "\n".join(lines)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -34,15 +34,21 @@ class RewardGuard:
         counts = torch.tensor([[float(sum(math.isfinite(x) for x in v)), float(len(v))] for v in scores.values()],
                               dtype=torch.float64).reshape(len(labels), 2)  # (specs, [finite, samples])
         counts = accelerator.reduce(counts.to(accelerator.device), "sum").cpu()
-        self._silent = [label for label, (finite, _) in zip(labels, counts.tolist()) if finite == 0]
-        for label, (finite, total) in zip(labels, counts.tolist()):
+        self.update({label: (finite, total) for label, (finite, total) in zip(labels, counts.tolist())}, step,
+                    accelerator.is_main_process)
+
+    def update(self, counts: dict[str, tuple[float, float]], step: int, is_main_process: bool = True) -> None:
+        """counts: per reward label, (samples it gave a finite score, samples), over all processes
+        (the trainer sums them in its one collective of step metrics)."""
+        self._silent = [label for label, (finite, _) in counts.items() if finite == 0]
+        for label, (finite, total) in counts.items():
             if finite == 0 and label not in self._warned:
                 self._warned.add(label)
-                if accelerator.is_main_process:
+                if is_main_process:
                     log.warning("step %d: reward %r gave no finite score to any of the %d samples (NaN, inf and "
                                 "None count as no opinion, so it adds nothing to the reward); check what it "
                                 "returns", step, label, int(total))
-        self.consecutive = self.consecutive + 1 if len(self._silent) == len(labels) else 0
+        self.consecutive = self.consecutive + 1 if len(self._silent) == len(counts) else 0
 
     def raise_if_exhausted(self, step: int) -> None:
         if self.consecutive >= self.max_steps:

@@ -1,6 +1,10 @@
 """The GRPO loop, top to bottom:
 
-    rollout -> reward -> advantage -> micro-batched update -> weight sync -> log -> checkpoint
+    collect (rollout -> reward -> filter) -> (KL in reward) -> advantage -> update -> weight sync
+    -> metrics (one collective) -> log -> checkpoint
+
+The step's data is one rollout record (record.py) from collection to the loss; collection and
+the dynamic-sampling loop live in collect.py, scoring in scoring.py (shared with evaluate).
 
 Each process owns a rollout engine and a disjoint share of every step's prompts; a group (the G
 samples of one prompt) never spans processes. Loss normalisers are global (summed over all
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,14 +26,19 @@ from grpo_trainer import algo, distributed, lora, stopping
 from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
+from grpo_trainer.collect import collect, rollout_seed
+from grpo_trainer.eval_settings import correctness_spec
 from grpo_trainer.faults import NonFiniteGuard, kill_point, raise_if_engine_diverged, sync_sabotaged
 from grpo_trainer.metrics import MetricsLogger, PhaseTimer
 from grpo_trainer.models import load_causal_lm, load_tokenizer, resolve_model_path
+from grpo_trainer.record import RolloutRecord
 from grpo_trainer.reward_guard import RewardGuard
 from grpo_trainer.rewards import build_reward_fn
-from grpo_trainer.rollout import RolloutBatch, SamplingConfig, concat_batches, make_engine, select_groups
+from grpo_trainer.rollout import SamplingConfig, make_engine
 from grpo_trainer.weights import iter_full_weights
-from grpo_trainer.update import PolicyUpdater, StepBatch, row_logprobs
+from grpo_trainer.scoring import PromptSet
+from grpo_trainer.step_stats import StepStats, add_rollout_stats, finite_counts, rollout_metrics
+from grpo_trainer.update import PolicyUpdater, record_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +63,21 @@ class GRPOTrainer:
         # Data: every process renders all prompts; the sampler hands each its own share.
         examples = load_examples(cfg.data.source, cfg.data.split, cfg.data.num_examples, cfg.data.seed,
                                  cfg.data.difficulty, cfg.data.question_key, cfg.data.answer_key)
-        self.examples, self.prompt_texts, self.prompt_ids, dropped = render_prompts(
-            examples, self.tokenizer, cfg.data.instruction or DEFAULT_INSTRUCTION, cfg.data.system_prompt,
-            cfg.data.max_prompt_length)
+        instruction = cfg.data.instruction or DEFAULT_INSTRUCTION
+        kept, texts, ids, dropped = render_prompts(examples, self.tokenizer, instruction, cfg.data.system_prompt,
+                                                   cfg.data.max_prompt_length)
+        self.prompts = PromptSet(kept, texts, ids)
         if dropped:
             log.warning("dropped %d prompts longer than data.max_prompt_length=%d", dropped, cfg.data.max_prompt_length)
-        self.eval_examples = []
+        # Held-out problems, rendered once like the training prompts (evaluate() reuses them).
+        self.eval_examples, self.eval_prompts = [], None
         if t.eval_every > 0:
             self.eval_examples = load_examples(cfg.data.eval_source or cfg.data.source, "test", t.eval_examples,
                                                cfg.data.seed, cfg.data.difficulty, cfg.data.question_key,
                                                cfg.data.answer_key)
-        self.sampler = PromptSampler(len(self.examples), seed=cfg.data.seed, rank=acc.process_index,
+            self.eval_prompts = PromptSet(*render_prompts(self.eval_examples, self.tokenizer, instruction,
+                                                          cfg.data.system_prompt, cfg.data.max_prompt_length)[:3])
+        self.sampler = PromptSampler(len(self.prompts.examples), seed=cfg.data.seed, rank=acc.process_index,
                                      world_size=acc.num_processes)
 
         policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
@@ -92,7 +106,7 @@ class GRPOTrainer:
                                          max_chars=cfg.reward.max_chars, num_workers=cfg.reward.num_workers,
                                          format_gated=cfg.reward.format_gated)
         self.sampling = SamplingConfig(r.num_generations, r.max_completion_length, r.temperature, r.top_p, r.top_k)
-        max_prompt = max(len(p) for p in self.prompt_ids)
+        max_prompt = max(len(p) for p in self.prompts.ids)
         self.engine = make_engine(
             r.backend, model_path=self.model_path, policy=acc.unwrap_model(self.model),
             dtype=r.dtype or cfg.model.dtype,
@@ -106,9 +120,10 @@ class GRPOTrainer:
                                      r.temperature, t.micro_batch_size, t.max_grad_norm, r.max_completion_length,
                                      guard=self.guard, micro_batch_tokens=t.micro_batch_tokens,
                                      share_prompt=not cfg.model.gradient_checkpointing)
+        self._eval_reward_fn = None  # built on the first evaluation when the training rewards cannot serve
+        self.logger = MetricsLogger(self.run_dir, acc.is_main_process, t.max_steps)
         self.step = 0
         self.beta = a.beta  # adapted when algorithm.kl_target is set
-        self._reward_kl = None
         # Everything besides model/optimizer/scheduler/RNG (accelerate's) that the next step depends
         # on: each has state_dict()/load_state_dict() and is saved in trainer_state.json.
         self.stateful = {"sampler": self.sampler, "guard": self.guard, "reward_guard": self.reward_guard}
@@ -127,7 +142,7 @@ class GRPOTrainer:
         if self.step >= cfg.trainer.max_steps:
             log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
             return []
-        self.logger = MetricsLogger(self.run_dir, acc.is_main_process, self.step, cfg.trainer.max_steps)
+        self.logger.begin(self.step)
         stopping.defer()  # a SIGINT/SIGTERM from here on stops the run at the end of a step
         try:
             while self.step < cfg.trainer.max_steps:
@@ -150,128 +165,44 @@ class GRPOTrainer:
         finally:
             self.logger.close()
             self.reward_fn.close()
+            if self._eval_reward_fn not in (None, self.reward_fn):
+                self._eval_reward_fn.close()
         if acc.is_main_process:
             print(self.logger.summary(), flush=True)
         return self.logger.history
 
     def train_step(self) -> dict:
-        cfg, acc, timer = self.cfg, self.acc, PhaseTimer()
+        cfg, a, acc, timer, stats = self.cfg, self.cfg.algorithm, self.acc, PhaseTimer(), StepStats()
         with timer("step"):
-            idx, batch, rewards, samples, dyn = self._collect(timer)  # rollout -> reward -> filter
+            got = collect(self.engine, self.reward_fn, self.sampler, self.prompts, acc=acc, tokenizer=self.tokenizer,
+                          sampling=self.sampling, algorithm=a, num_prompts=self.local_prompts, stats=stats,
+                          seed=lambda r: rollout_seed(cfg.rollout.seed, self.step, r, acc.process_index), timer=timer)
             self.engine.sleep()  # rollout.sleep: the update gets the engine's GPU memory; the push restores it
-            if self.ref is not None and self.beta > 0 and cfg.algorithm.kl_mode == "reward":
-                rewards = rewards - self.beta * self._sequence_kl(batch)
-            advantages = self._advantages(rewards) * dyn.pop("weight")
-            step_batch = StepBatch(
-                prompt_ids=batch.row_prompts(), completion_ids=batch.completion_ids, rollout_logprobs=batch.logprobs, advantages=advantages,
-                in_loss=~torch.tensor(batch.truncated) if cfg.algorithm.overlong_filter
-                else torch.ones(len(batch.truncated), dtype=torch.bool))
+            record = got.record
+            if self.ref is not None and self.beta > 0 and a.kl_mode == "reward":
+                record = self._kl_penalised(record, stats)
+            record = record.with_advantages(self._advantages(record.rewards) * got.weight)
             with timer("train"):
-                metrics = self.updater.run(step_batch, self.beta)
+                self.updater.run(record, self.beta, stats)
                 self.scheduler.step()
-            self._after_update(metrics)
             with timer("sync"):
                 self.sync_weights()
-        self._log_samples(idx, batch, rewards)
-        metrics.update(self._reward_metrics(samples))
-        self.reward_guard.observe(self.acc, {k[len("reward/"):]: v for k, v in samples.items()
-                                             if k.startswith("reward/")}, self.step)
-        metrics.update(dyn)
-        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
-        metrics["train/beta"] = self.beta
-        metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
-        n_tokens = acc.reduce(torch.tensor(float(samples["num_tokens"]), device=acc.device), "sum").item()
-        metrics["throughput/rollout_tokens_per_s"] = n_tokens / max(timer.seconds["rollout"], 1e-9)
+        add_rollout_stats(stats, got.generated)
+        reduced, labels = stats.reduce(acc), list(record.components)  # the step's one collective for metrics
+        self.reward_guard.update(finite_counts(reduced, labels), self.step, acc.is_main_process)
+        metrics = {**self.updater.metrics(reduced), **rollout_metrics(reduced, labels)}
+        if "kl_reward/sum" in reduced:  # KL in the reward: its per-token value is the KL logged and controlled
+            metrics["train/kl"] = reduced["kl_reward/sum"] / max(reduced["kl_reward/tokens"], 1.0)
+        self._after_update(metrics["train/kl"])
+        self._log_samples(record)
+        metrics.update({k: reduced[k] for k in ("dynamic/gen_rounds", "dynamic/filtered_groups",
+                                                 "dynamic/generated_groups", "dynamic/upweight")})
+        metrics.update({"train/lr": self.scheduler.get_last_lr()[0], "train/beta": self.beta,
+                        **{f"time/{k}": v for k, v in timer.seconds.items()}})
+        metrics["throughput/rollout_tokens_per_s"] = reduced["rollout/tokens"] / max(timer.seconds["rollout"], 1e-9)
         return metrics
 
     # ------------------------------------------------------------------ phases
-    def _rollout_seed(self, round_: int) -> int:
-        # A function of (seed, step, round, rank) only: a resumed run draws the same completions.
-        return (self.cfg.rollout.seed * 1_000_003 + self.step * 7919 + round_ * 104_729
-                + self.acc.process_index) % (2**31)
-
-    def _collect(self, timer: PhaseTimer):
-        """Sample and score groups; with DAPO dynamic sampling, drop groups whose rewards all agree
-        and sample fresh prompts until every process holds `local_prompts` groups or
-        `max_gen_rounds` is reached (then train on what there is)."""
-        a, G = self.cfg.algorithm, self.cfg.rollout.num_generations
-        kept_idx, kept_batches, kept_rewards, all_samples = [], [], [], []
-        rounds = dropped = 0
-        while True:
-            rounds += 1
-            idx = self.sampler.next_batch(self.local_prompts)
-            with timer("rollout"):
-                batch = self.engine.generate([self.prompt_ids[i] for i in idx], self.sampling,
-                                             self._rollout_seed(rounds - 1))
-            with timer("reward"):
-                rewards, samples = self._score(idx, batch)
-            all_samples.append(samples)
-            informative = algo.informative_groups(rewards, G)
-            keep = informative.nonzero().flatten().tolist() if a.dynamic_sampling == "refill" else list(range(len(idx)))
-            dropped += int((~informative).sum())
-            kept_idx += [idx[g] for g in keep]
-            kept_batches.append(select_groups(batch, keep))
-            kept_rewards.append(rewards.view(-1, G)[keep].flatten())
-            have = self.acc.gather(torch.tensor([len(kept_idx)], device=self.acc.device)).min().item()
-            if a.dynamic_sampling != "refill" or have >= self.local_prompts or rounds >= a.max_gen_rounds:
-                break
-        if not kept_idx:  # nothing informative anywhere: keep one group so every process takes part
-            kept_idx, kept_batches, kept_rewards = idx[:1], [select_groups(batch, [0])], [rewards[:G]]
-        n = min(len(kept_idx), self.local_prompts)
-        batch = select_groups(concat_batches(kept_batches), list(range(n)))
-        rewards = torch.cat(kept_rewards)[:n * G]
-        weight = 1.0
-        if a.dynamic_sampling == "upweight":
-            weight = algo.group_upweight(self.acc.gather(algo.informative_groups(rewards, G).to(self.acc.device)))
-        total_groups = self.acc.reduce(torch.tensor([float(dropped), float(rounds * self.local_prompts)],
-                                                    device=self.acc.device), "sum").tolist()
-        dyn = {"weight": weight, "dynamic/gen_rounds": float(rounds), "dynamic/filtered_groups": total_groups[0],
-               "dynamic/generated_groups": total_groups[1], "dynamic/upweight": weight}
-        merged = {k: [x for s in all_samples for x in s[k]] for k in all_samples[0] if k != "num_tokens"}
-        merged["num_tokens"] = sum(s["num_tokens"] for s in all_samples)
-        return kept_idx[:n], batch, rewards, merged, dyn
-
-    def _score(self, idx: list[int], batch: RolloutBatch):
-        cfg, G = self.cfg, self.cfg.rollout.num_generations
-        texts = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
-        rows = [self.examples[i] for i in idx for _ in range(G)]
-        columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("question", "answer", "gold")}
-        out = self.reward_fn(prompts=[self.prompt_texts[i] for i in idx for _ in range(G)], completions=texts,
-                             completion_ids=batch.completion_ids, answers=[row["answer"] for row in rows],
-                             **columns)
-        rewards = torch.tensor(out.rewards, dtype=torch.float32)  # (B*G,)
-        lengths = torch.tensor([len(c) for c in batch.completion_ids])
-        if cfg.algorithm.overlong_penalty:
-            rewards = rewards + algo.soft_overlong_penalty(
-                lengths, cfg.rollout.max_completion_length, cfg.algorithm.overlong_cache_len,
-                cfg.algorithm.overlong_penalty_factor)
-        samples = {"texts": texts, "reward": rewards.tolist(), "correct": out.correct, "formatted": out.formatted,
-                   "length": lengths.tolist(), "truncated": batch.truncated, "timeouts": [out.num_timeouts],
-                   "num_tokens": batch.num_tokens}
-        for label, scores in out.components.items():
-            samples[f"reward/{label}"] = [math.nan if s is None else s for s in scores]
-        return rewards, samples
-
-    def _reward_metrics(self, s: dict) -> dict:
-        """Over every sample generated this step (all dynamic-sampling rounds, all processes)."""
-        f = lambda key: torch.tensor(s[key], dtype=torch.float32)  # noqa: E731
-        metrics = {"reward/mean": self._global_nanmean(f("reward")), "reward/accuracy": self._global_nanmean(f("correct")),
-                   "reward/format": self._global_nanmean(f("formatted")),
-                   "completion/len_mean": self._global_nanmean(f("length")),
-                   "completion/truncated": self._global_nanmean(f("truncated")),
-                   "reward/timeouts": self.acc.reduce(f("timeouts").sum().to(self.acc.device), "sum").item()}
-        for key in s:
-            if key.startswith("reward/"):
-                metrics[key] = self._global_nanmean(f(key))
-        r = f("reward").to(self.acc.device)
-        s1, s2, n = self.acc.reduce(torch.stack([r.sum(), (r * r).sum(), torch.tensor(float(r.numel()))]), "sum")
-        metrics["reward/std"] = (max((s2 - s1 * s1 / n).item(), 0.0) / max(n.item() - 1, 1)) ** 0.5
-        metrics["completion/len_max"] = self.acc.gather(f("length").max().view(1).to(self.acc.device)).max().item()
-        rounds_groups = f("reward").view(-1, self.cfg.rollout.num_generations)
-        zero_var = (~algo.informative_groups(rounds_groups.flatten(), self.cfg.rollout.num_generations)).float()
-        metrics["groups/zero_variance_frac"] = self._global_nanmean(zero_var)
-        return metrics
-
     def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         # Over the whole step batch (all processes) so `scale=batch` sees every reward; each
         # process keeps its own slice. Processes may hold different numbers of groups.
@@ -279,55 +210,52 @@ class GRPOTrainer:
         counts = acc.gather(torch.tensor([rewards.numel()], device=acc.device)).tolist()
         padded = acc.gather(acc.pad_across_processes(rewards.to(acc.device), pad_index=0.0)).view(len(counts), -1)
         all_rewards = torch.cat([padded[r, :c] for r, c in enumerate(counts)]).cpu()
-        kwargs = {"softmax_beta": a.softmax_beta} if a.advantage == "softmax" else {}
-        if a.advantage == "reinforce":
-            kwargs["baseline"] = a.reinforce_baseline
-        adv = algo.group_advantages(all_rewards, self.cfg.rollout.num_generations, a.advantage, a.scale, **kwargs)
+        # The estimator's registry entry names the algorithm.* keys it takes (softmax_beta, ...).
+        adv = algo.group_advantages(all_rewards, self.cfg.rollout.num_generations, a.advantage, a.scale,
+                                    **algo.ADVANTAGES[a.advantage].bind(vars(a)))
         start = sum(counts[:acc.process_index])
         return adv[start:start + rewards.numel()]
 
-    def _sequence_kl(self, batch: RolloutBatch) -> torch.Tensor:
-        """sum_t (log pi_old - log pi_ref) per completion: the k1 KL taken off the reward."""
-        ref = row_logprobs(self.ref, batch.row_prompts(), batch.completion_ids, self.tokenizer.pad_token_id, self.acc.device,
-                           self.cfg.rollout.temperature, self.cfg.trainer.micro_batch_size,
-                           self.cfg.trainer.micro_batch_tokens, self.updater.share_prompt)
-        kl = torch.stack([(torch.tensor(lp) - r).sum() for lp, r in zip(batch.logprobs, ref)])
-        total, tokens = self.acc.reduce(torch.tensor([kl.sum().item(), float(batch.num_tokens)],
-                                                     device=self.acc.device), "sum").tolist()
-        self._reward_kl = total / max(tokens, 1.0)  # per token, for the log and the beta controller
-        return kl
+    def _kl_penalised(self, record: RolloutRecord, stats: StepStats) -> RolloutRecord:
+        """The reward less beta * sum_t (log pi_old - log pi_ref), the k1 KL of each completion;
+        its per-token mean over the step is logged (and steers beta) as train/kl."""
+        ref = record_logprobs(self.ref, record, self.acc.device, self.cfg.rollout.temperature,
+                              self.cfg.trainer.micro_batch_size, self.cfg.trainer.micro_batch_tokens,
+                              self.updater.share_prompt)
+        diff = record.logprobs - ref  # (N, C)
+        # Summed over each row's own tokens (not the padded width): the same float32 sums as ever.
+        kl = torch.stack([diff[i, :n].sum() for i, n in enumerate(record.completion_lens.tolist())])
+        stats.add("kl_reward/sum", kl.sum().item())
+        stats.add("kl_reward/tokens", float(record.num_tokens))
+        return replace(record, rewards=record.rewards - self.beta * kl)
 
-    def _after_update(self, metrics: dict) -> None:
+    def _after_update(self, kl: float) -> None:
         a = self.cfg.algorithm
-        if a.kl_mode == "reward" and self._reward_kl is not None:
-            metrics["train/kl"] = self._reward_kl
         if a.kl_target is not None and self.ref is not None:
-            self.beta = algo.adaptive_kl_beta(self.beta, metrics["train/kl"], a.kl_target)
+            self.beta = algo.adaptive_kl_beta(self.beta, kl, a.kl_target)
         if a.ref_reset_every and self.ref is not None and self.step % a.ref_reset_every == 0:
             # Iterative GRPO / ProRL: the reference catches up with the policy.
             self.ref.load_state_dict(self.acc.unwrap_model(self.model).state_dict())
 
     def evaluate(self) -> dict:
         """Greedy pass@1 of the current policy on the held-out problems, with the rollout engine
-        (it already holds the current weights) and the training verifiers' correctness."""
+        (it already holds the current weights), the prompts rendered at start-up and, when it holds
+        the correctness verifier evaluate would choose, the training reward function itself: then
+        eval/accuracy and eval/format are measured as reward/accuracy and reward/format are."""
         from grpo_trainer.evaluate import evaluate_model
 
         cfg = self.cfg
+        spec = correctness_spec(cfg.reward.functions)
+        if self._eval_reward_fn is None:  # no correctness verifier in training: one of its own, built once
+            self._eval_reward_fn = self.reward_fn if spec in cfg.reward.functions else build_reward_fn(
+                [spec], timeout_s=cfg.reward.timeout_s, max_chars=cfg.reward.max_chars,
+                num_workers=cfg.reward.num_workers)
         res = evaluate_model(self.model_path, self.eval_examples, self.tokenizer, k=1, temperature=0.0,
-                             max_tokens=cfg.rollout.max_completion_length,
-                             instruction=cfg.data.instruction or DEFAULT_INSTRUCTION,
-                             system_prompt=cfg.data.system_prompt, max_prompt_length=cfg.data.max_prompt_length,
-                             verifier_specs=self._eval_specs(), seed=cfg.rollout.seed, engine=self.engine,
-                             progress=False)
+                             max_tokens=cfg.rollout.max_completion_length, verifier_specs=[spec],
+                             seed=cfg.rollout.seed, engine=self.engine, reward_fn=self._eval_reward_fn,
+                             prompts=self.eval_prompts, progress=False)
         torch.set_num_threads(self.threads)
         return {"eval/accuracy": res["accuracy"], "eval/format": res.get("format", math.nan)}
-
-    def _eval_specs(self) -> list[dict]:
-        """The recipe's correctness verifier, chosen as `python -m grpo_trainer.evaluate` chooses it."""
-        from grpo_trainer.eval_settings import correctness_spec
-
-        return [correctness_spec(self.cfg.reward.functions)]
-
 
     def sync_weights(self) -> None:
         """Push the policy's weights into this process's rollout engine."""
@@ -336,21 +264,16 @@ class GRPOTrainer:
         torch.set_num_threads(self.threads)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _global_nanmean(self, x: torch.Tensor) -> float:
-        x = x.to(self.acc.device, torch.float32)
-        valid = ~torch.isnan(x)
-        s = self.acc.reduce(torch.stack([x[valid].sum(), valid.sum().float()]), "sum")
-        return (s[0] / s[1]).item() if s[1] > 0 else math.nan
-
-    def _log_samples(self, idx: list[int], batch: RolloutBatch, rewards: torch.Tensor) -> None:
-        t, G = self.cfg.trainer, self.cfg.rollout.num_generations
+    def _log_samples(self, record: RolloutRecord) -> None:
+        t = self.cfg.trainer
         if not self.acc.is_main_process or t.log_samples_every <= 0 or self.step % t.log_samples_every:
             return
-        rows = range(min(t.num_log_samples, len(batch.completion_ids)))
-        texts = self.tokenizer.batch_decode([batch.completion_ids[i] for i in rows], skip_special_tokens=True)
+        rows = range(min(t.num_log_samples, record.num_rows))
+        examples = [self.prompts.examples[i] for i in record.example_idx[record.group[:len(rows)]].tolist()]
         self.logger.log_samples(self.step, [
-            {"question": self.examples[idx[i // G]]["question"], "gold": self.examples[idx[i // G]]["gold"],
-             "completion": texts[i], "reward": rewards[i].item(), "truncated": batch.truncated[i]} for i in rows])
+            {"question": ex["question"], "gold": ex["gold"], "completion": record.texts[i],
+             "reward": record.rewards[i].item(), "truncated": bool(record.truncated[i])}
+            for i, ex in zip(rows, examples)])
 
     def _should_save(self) -> bool:
         every = self.cfg.trainer.save_every

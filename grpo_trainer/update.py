@@ -4,49 +4,35 @@ mini-batches, each an optimizer step made of micro-batched forward/backward pass
 Normalisers (token and sequence counts) are summed over the whole mini-batch on every process
 before any backward, so the gradient does not depend on how rows are cut into micro-batches or
 spread over processes (DDP averages gradients over processes, hence the `* num_processes`).
+
+The rows are a rollout record's (record.py): its loss mask says which tokens count, its per-token
+advantages weight them, its engine log-probs feed the weight-sync canary and TIS. The update's
+metrics are partial sums added to the step's StepStats (one collective for the whole step);
+`metrics` turns their global values into the logged numbers.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from grpo_trainer import algo, distributed
-from grpo_trainer.forward import MicroBatch, completion_logprobs, micro_batches
+from grpo_trainer.forward import MicroBatch, completion_logprobs, record_micro_batches
+from grpo_trainer.record import RolloutRecord
+from grpo_trainer.step_stats import StepStats
 
 
-@dataclass
-class StepBatch:
-    """The rows one step trains on, group-major (rows i*G..i*G+G-1 share a prompt)."""
-
-    prompt_ids: list[list[int]]  # (N,) the prompt of each row
-    completion_ids: list[list[int]]  # (N,)
-    rollout_logprobs: list[list[float]]  # (N,) the engine's sampling log-probs
-    advantages: torch.Tensor  # (N,)
-    in_loss: torch.Tensor  # (N,) bool: False masks a row out (DAPO overlong filtering)
-
-
-def row_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int, device,
-                 temperature: float, micro_batch_size: int, max_tokens: int | None = None,
-                 share_prompt: bool = True) -> list[torch.Tensor]:
-    """Per-row completion log-probs under `model`, without gradients (reference / old policy)."""
-    out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+def record_logprobs(model, record: RolloutRecord, device, temperature: float, micro_batch_size: int,
+                    max_tokens: int | None = None, share_prompt: bool = True) -> torch.Tensor:
+    """(N, C) float32: every row's completion log-probs under `model`, without gradients (the
+    reference for the KL-in-reward penalty); 0 at padding."""
+    out = torch.zeros(record.completion_ids.shape, dtype=torch.float32)
     with torch.no_grad():
-        for mb in micro_batches(list(range(len(prompts))), prompts, completions, pad_id, micro_batch_size,
-                                max_tokens):
+        for mb in record_micro_batches(record, list(range(record.num_rows)), micro_batch_size, max_tokens):
             logp = completion_logprobs(model, mb.to(device), temperature, share_prompt=share_prompt)[0].float().cpu()
-            for j, i in enumerate(mb.rows):
-                out[i] = logp[j, :len(completions[i])]
+            out[mb.rows, :logp.shape[1]] = torch.where(mb.completion_mask, logp, torch.zeros((), dtype=torch.float32))
     return out
-
-
-def _padded(rows_values: list[list[float]], rows: list[int], width: int, device) -> torch.Tensor:
-    t = torch.zeros((len(rows), width), dtype=torch.float32)
-    for j, i in enumerate(rows):
-        t[j, :len(rows_values[i])] = torch.as_tensor(rows_values[i], dtype=torch.float32)
-    return t.to(device)
 
 
 class PolicyUpdater:
@@ -67,9 +53,17 @@ class PolicyUpdater:
     def _sum(self, *values: float) -> list[float]:
         return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.acc.device), "sum").tolist()
 
-    def run(self, batch: StepBatch, beta: float) -> dict:
+    def update(self, record: RolloutRecord, beta: float) -> dict:
+        """`run` and its metrics, reduced on their own (callers without a step's StepStats)."""
+        stats = StepStats()
+        self.run(record, beta, stats)
+        return self.metrics(stats.reduce(self.acc))
+
+    def run(self, record: RolloutRecord, beta: float, stats: StepStats) -> None:
         a, acc = self.a, self.acc
-        n = len(batch.completion_ids)
+        if record.advantages is None:
+            raise ValueError("the record has no advantages: set them (record.with_advantages) before the update")
+        n = record.num_rows
         kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
         # A row with advantage 0 contributes exactly nothing when no KL/entropy term is on: it is
         # kept out of the forward/backward but still counted in the normalisers.
@@ -77,19 +71,23 @@ class PolicyUpdater:
                      or distributed.lockstep(acc))
         # Old log-probs must be frozen before the first update when there is more than one.
         need_old = a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
-        chunks = [list(range(n))[k::a.num_mini_batches] for k in range(a.num_mini_batches)]
+        in_loss = record.in_loss.tolist()
+        loss_tokens = record.loss_mask.sum(dim=1).tolist()
+        nonzero = (record.advantages != 0).any(dim=1).tolist()
+        chunks = [[i for i in list(range(n))[k::a.num_mini_batches] if in_loss[i]] for k in range(a.num_mini_batches)]
+        # Every mini-batch's normalisers in one collective, before any backward.
+        counts = self._sum(*(v for rows in chunks
+                             for v in (float(sum(loss_tokens[i] for i in rows)), float(len(rows)))))
         minis = []
-        for rows in chunks:
-            in_loss = [i for i in rows if batch.in_loss[i]]
-            tokens, seqs = self._sum(float(sum(len(batch.completion_ids[i]) for i in in_loss)), float(len(in_loss)))
-            train_rows = [i for i in in_loss if needs_all or batch.advantages[i] != 0]
+        for k, rows in enumerate(chunks):
+            tokens, seqs = counts[2 * k], counts[2 * k + 1]
+            train_rows = [i for i in rows if needs_all or nonzero[i]]
             # Every process must take part in each gradient all-reduce: one with nothing to
             # train runs a zero-weighted micro-batch.
             dummy = not train_rows
-            plan_rows = train_rows or rows[:1]
-            mbs = [mb.to(acc.device) for mb in micro_batches(plan_rows, batch.prompt_ids, batch.completion_ids,
-                                                             self.pad_id, self.micro_batch_size,
-                                                             self.micro_batch_tokens)]
+            plan_rows = train_rows or list(range(n))[k::a.num_mini_batches][:1]
+            mbs = [mb.to(acc.device) for mb in record_micro_batches(record, plan_rows, self.micro_batch_size,
+                                                                    self.micro_batch_tokens)]
             dummies = [dummy] * len(mbs)
             if distributed.lockstep(acc):  # ZeRO-3: every process runs as many forwards as the busiest
                 most = int(acc.gather(torch.tensor([len(mbs)], device=acc.device)).max())
@@ -102,7 +100,8 @@ class PolicyUpdater:
                 mini["old"] = [self._logprobs(self.model, mb) if need_old else None for mb in mini["mbs"]]
                 mini["ref"] = [self._logprobs(self.ref, mb) if kl_in_loss else None for mb in mini["mbs"]]
 
-        adv = batch.advantages.to(acc.device)
+        # Per token, on the device once; micro-batches take their rows' slices.
+        rec = {"adv": record.advantages.to(acc.device), "engine": record.logprobs.to(acc.device)}
         sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",
                               "old_new_tokens", "tis"), 0.0)
         grad_norm, passes, stop = torch.tensor(0.0), 0, False
@@ -111,7 +110,7 @@ class PolicyUpdater:
         for _ in range(a.num_iterations):
             passes += 1
             for mini in minis:
-                drift = self._step(mini, adv, batch, beta, sums, canary if passes == 1 else None)
+                drift = self._step(mini, rec, beta, sums, canary if passes == 1 else None)
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
                 # A non-finite loss or gradient (on any process) leaves the weights untouched.
                 # (Under DeepSpeed the engine has already stepped inside the last backward.)
@@ -126,31 +125,43 @@ class PolicyUpdater:
             if stop:
                 break
 
-        tot = self._sum(*(sums[k] for k in ("entropy", "kl", "clip_low", "clip_high", "tokens", "old_new_kl",
-                                             "old_new_tokens", "tis", "loss")), canary[0], canary[1])
-        tok = max(tot[4], 1.0)
-        # No trained token anywhere (every advantage 0): nothing was compared, which is not "no mismatch".
-        seen = tot[10] > 0
-        peak = acc.gather(torch.tensor([canary[2]], device=acc.device)).max().item()
-        return {"train/loss": tot[8] / passes, "train/entropy": tot[0] / tok, "train/kl": tot[1] / tok,
-                "train/clip_frac_low": tot[2] / tok, "train/clip_frac_high": tot[3] / tok,
-                "train/kl_old_new": tot[5] / max(tot[6], 1.0) if need_old else 0.0,
-                "train/tis_weight_mean": tot[7] / tok if a.tis_cap is not None else 1.0,
-                "train/grad_norm": float(grad_norm), "train/passes": float(passes),
-                "mismatch/kl": tot[9] / tot[10] if seen else math.nan,
-                "mismatch/max_abs_logp_diff": peak if seen else math.nan, "mismatch/tokens": tot[10],
-                "train/rows_trained": self._sum(float(sum(len(mb.rows) for m in minis
-                                                          for mb, d in zip(m["mbs"], m["dummy"]) if not d)))[0]}
+        for key, value in sums.items():
+            stats.add(f"update/{key}", value)
+        stats.add("update/canary_k3", canary[0])
+        stats.add("update/canary_tokens", canary[1])
+        stats.peak("update/canary_max_diff", canary[2])
+        stats.add("update/rows_trained", float(sum(len(mb.rows) for m in minis
+                                                   for mb, d in zip(m["mbs"], m["dummy"]) if not d)))
+        # The same on every process (a global norm, a common decision to stop).
+        stats.peak("update/passes", float(passes))
+        stats.peak("update/grad_norm", float(grad_norm))
 
-    def _step(self, mini: dict, adv: torch.Tensor, batch: StepBatch, beta: float, sums: dict,
-              canary: list | None) -> tuple[float, float]:
+    def metrics(self, tot: dict[str, float]) -> dict:
+        """The logged train/* and mismatch/* metrics from the step's reduced StepStats."""
+        a = self.a
+        need_old = a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
+        tok = max(tot["update/tokens"], 1.0)
+        # No trained token anywhere (every advantage 0): nothing was compared, which is not "no mismatch".
+        seen = tot["update/canary_tokens"] > 0
+        return {"train/loss": tot["update/loss"] / tot["update/passes"], "train/entropy": tot["update/entropy"] / tok,
+                "train/kl": tot["update/kl"] / tok, "train/clip_frac_low": tot["update/clip_low"] / tok,
+                "train/clip_frac_high": tot["update/clip_high"] / tok,
+                "train/kl_old_new": (tot["update/old_new_kl"] / max(tot["update/old_new_tokens"], 1.0)
+                                     if need_old else 0.0),
+                "train/tis_weight_mean": tot["update/tis"] / tok if a.tis_cap is not None else 1.0,
+                "train/grad_norm": tot["update/grad_norm"], "train/passes": tot["update/passes"],
+                "mismatch/kl": tot["update/canary_k3"] / tot["update/canary_tokens"] if seen else math.nan,
+                "mismatch/max_abs_logp_diff": tot["update/canary_max_diff"] if seen else math.nan,
+                "mismatch/tokens": tot["update/canary_tokens"], "train/rows_trained": tot["update/rows_trained"]}
+
+    def _step(self, mini: dict, rec: dict, beta: float, sums: dict, canary: list | None) -> tuple[float, float]:
         """Forward/backward over one mini-batch's micro-batches; returns (sum old-new, tokens)."""
         acc, mbs = self.acc, mini["mbs"]
         drift = [0.0, 0.0]
         for k, mb in enumerate(mbs):
             # Gradients are all-reduced (DDP) or the optimizer stepped (DeepSpeed) only on the last.
             with distributed.accumulate(acc, self.model, last=k == len(mbs) - 1):
-                loss, mask, stats = self._micro_loss(mb, mini["old"][k], mini["ref"][k], adv, batch, beta, mini,
+                loss, mask, stats = self._micro_loss(mb, mini["old"][k], mini["ref"][k], rec, beta, mini,
                                                      None if mini["dummy"][k] else canary)
                 acc.backward(loss * (0.0 if mini["dummy"][k] else acc.num_processes))
             if mini["dummy"][k]:
@@ -168,15 +179,15 @@ class PolicyUpdater:
         sums["old_new_tokens"] += drift[1]
         return drift[0], drift[1]
 
-    def _micro_loss(self, mb: MicroBatch, old, ref, adv, batch: StepBatch, beta: float, mini: dict,
-                    canary: list | None):
+    def _micro_loss(self, mb: MicroBatch, old, ref, rec: dict, beta: float, mini: dict, canary: list | None):
         a = self.a
-        mask = mb.completion_mask
+        mask = mb.loss_mask
+        C = mask.shape[1]
+        rows = torch.tensor(mb.rows, device=mask.device)
         logp, entropy = completion_logprobs(self.model, mb, self.temperature, with_entropy=True,
                                             share_prompt=self.share_prompt)
         old = logp.detach() if old is None else old
-        if canary is not None or a.tis_cap is not None:
-            rollout = _padded(batch.rollout_logprobs, mb.rows, mask.shape[1], mask.device)
+        rollout = rec["engine"][rows, :C]  # (M, C) the engine's log-probs, 0 at padding
         if canary is not None:
             # The weight-sync canary, from log-probs this update computes anyway: `old` is the policy
             # last pushed to the engine (frozen before this rollout's first optimizer step or, with one
@@ -185,8 +196,8 @@ class PolicyUpdater:
             canary[0] += k3.sum().item()
             canary[1] += mask.sum().item()
             canary[2] = max(canary[2], diff.max().item())
-        per_token, stats = algo.clipped_policy_loss(logp, old, adv[mb.rows], mask, a.eps_low, a.eps_high,
-                                                    a.dual_clip_c)
+        loss_fn = algo.POLICY_LOSSES[a.policy_loss]  # registered by name in algo/ (ppo_clip today)
+        per_token, stats = loss_fn.fn(logp, old, rec["adv"][rows, :C], mask, **loss_fn.bind(vars(a)))
         tis_sum = 0.0
         if a.tis_cap is not None:
             w = algo.tis_weights(old, rollout, a.tis_cap, mask)

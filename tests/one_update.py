@@ -14,16 +14,16 @@ import sys
 import torch
 
 from grpo_trainer.config import load_config
+from grpo_trainer.record import RolloutRecord
 from grpo_trainer.rollout import RolloutBatch
 from grpo_trainer.trainer import GRPOTrainer
-from grpo_trainer.update import StepBatch
 
 PROMPTS, G = 4, 2
 
 
 def fixed_batch(trainer: GRPOTrainer) -> tuple[RolloutBatch, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    prompts = [trainer.prompt_ids[i] for i in range(PROMPTS)]
+    prompts = [trainer.prompts.ids[i] for i in range(PROMPTS)]
     lengths = torch.randint(3, 9, (PROMPTS * G,), generator=gen).tolist()
     completions = [torch.randint(100, 5000, (n,), generator=gen).tolist() for n in lengths]
     advantages = torch.randn(PROMPTS * G, generator=gen)  # (P*G,) none is 0, so no row is skipped
@@ -39,10 +39,8 @@ def main() -> None:
     lo, hi = acc.process_index * local, (acc.process_index + 1) * local
     mine = RolloutBatch(batch.prompt_ids[lo:hi], batch.completion_ids[lo * G:hi * G],
                         batch.logprobs[lo * G:hi * G], batch.truncated[lo * G:hi * G])
-    step_batch = StepBatch(prompt_ids=[mine.prompt_ids[i // G] for i in range(len(mine.completion_ids))],
-                           completion_ids=mine.completion_ids, rollout_logprobs=mine.logprobs,
-                           advantages=advantages[lo * G:hi * G], in_loss=torch.ones(len(mine.completion_ids), dtype=torch.bool))
-    metrics = trainer.updater.run(step_batch, trainer.beta)
+    record = RolloutRecord.from_engine(mine, list(range(lo, hi)), trainer.tokenizer)
+    metrics = trainer.updater.update(record.with_advantages(advantages[lo * G:hi * G]), trainer.beta)
     state = acc.get_state_dict(trainer.model)
     if acc.is_main_process:
         torch.save({"weights": {k: v.detach().cpu().clone() for k, v in state.items()}, "metrics": metrics}, out)

@@ -16,7 +16,9 @@ from grpo_trainer import algo
 from grpo_trainer.config import AlgorithmConfig
 from grpo_trainer.forward import completion_logprobs, pack
 from grpo_trainer.models import load_causal_lm
-from grpo_trainer.update import PolicyUpdater, StepBatch
+from grpo_trainer.record import RolloutRecord
+from grpo_trainer.rollout import RolloutBatch
+from grpo_trainer.update import PolicyUpdater
 
 G, MAX_LEN = 4, 8
 # transformers' RMSNorm computes in fp32 even in an fp64 model, so gradients through it carry fp32
@@ -30,19 +32,30 @@ def base_model(tiny_llama):
     return load_causal_lm(str(tiny_llama)).double()
 
 
+def make_record(prompts, completions, logprobs, advantages) -> RolloutRecord:
+    batch = RolloutBatch(prompts, completions, logprobs, [False] * len(completions))
+    return RolloutRecord.from_batch(batch, list(range(len(prompts))), 0, [""] * len(completions)).with_advantages(
+        advantages)
+
+
 @pytest.fixture(scope="module")
-def step_batch() -> StepBatch:
+def step_batch() -> RolloutRecord:
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 4000, (int(n),), generator=gen).tolist() for n in (5, 9)]
     lengths = [3, 8, 5, 1, 7, 2, 8, 4]
     completions = [torch.randint(3, 4000, (n,), generator=gen).tolist() for n in lengths]
-    adv = torch.tensor([1.0, -0.5, 0.25, -0.75, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # group 2: zero
-    return StepBatch(prompt_ids=[prompts[i // G] for i in range(8)], completion_ids=completions,
-                     rollout_logprobs=[[-1.0] * n for n in lengths], advantages=adv,
-                     in_loss=torch.ones(8, dtype=torch.bool))
+    adv = torch.tensor([1.0, -0.5, 0.25, -0.75, 0.0, 0.0, 0.0, 0.0])  # group 2: zero
+    return make_record(prompts, completions, [[-1.0] * n for n in lengths], adv)
 
 
-def run_update(model, batch: StepBatch, micro_batch_size: int, checkpointing: bool = False, **algo_kwargs):
+def rows_of(record: RolloutRecord):
+    """(row prompts, completions, per-row advantage, per-row in-loss) as the direct computation reads them."""
+    prompts = [record.prompt_ids[g, :n].tolist() for g, n in zip(record.group.tolist(),
+                                                                 record.prompt_lens[record.group].tolist())]
+    return prompts, record.completion_lists(), record.advantages[:, 0].double(), record.in_loss
+
+
+def run_update(model, batch: RolloutRecord, micro_batch_size: int, checkpointing: bool = False, **algo_kwargs):
     model = copy.deepcopy(model)
     if checkpointing:
         model.gradient_checkpointing_enable()
@@ -52,21 +65,22 @@ def run_update(model, batch: StepBatch, micro_batch_size: int, checkpointing: bo
     a = dataclasses.replace(AlgorithmConfig(), **algo_kwargs)
     updater = PolicyUpdater(Accelerator(cpu=True), model, opt, None, 0, a, 1.0, micro_batch_size, 1e9, MAX_LEN,
                             share_prompt=not checkpointing)
-    metrics = updater.run(batch, beta=0.0)
+    metrics = updater.update(batch, beta=0.0)
     delta = [(b - p.detach()) for b, p in zip(before, model.parameters())]  # = gradient (lr 1)
     return delta, metrics
 
 
-def direct_gradient(model, batch: StepBatch, mode: str, rows=None) -> list[torch.Tensor]:
+def direct_gradient(model, batch: RolloutRecord, mode: str, rows=None) -> list[torch.Tensor]:
     """The objective written out once for the whole batch, every row in one forward."""
     model = copy.deepcopy(model)
-    rows = list(range(len(batch.completion_ids))) if rows is None else rows
-    mb = pack(rows, [batch.prompt_ids[i] for i in rows], [batch.completion_ids[i] for i in rows], 0)
+    prompts, completions, advantages, in_loss = rows_of(batch)
+    rows = list(range(len(completions))) if rows is None else rows
+    mb = pack(rows, [prompts[i] for i in rows], [completions[i] for i in rows], 0)
     logp, _ = completion_logprobs(model, mb, 1.0)
-    per_tok, _ = algo.clipped_policy_loss(logp, logp.detach(), batch.advantages[rows], mb.completion_mask, 0.2, 0.2)
-    tokens = float(sum(len(batch.completion_ids[i]) for i in rows if batch.in_loss[i]))
-    seqs = float(sum(1 for i in rows if batch.in_loss[i]))
-    mask = mb.completion_mask & batch.in_loss[rows].unsqueeze(1)
+    per_tok, _ = algo.clipped_policy_loss(logp, logp.detach(), advantages[rows], mb.completion_mask, 0.2, 0.2)
+    tokens = float(sum(len(completions[i]) for i in rows if in_loss[i]))
+    seqs = float(sum(1 for i in rows if in_loss[i]))
+    mask = mb.completion_mask & in_loss[rows].unsqueeze(1)
     algo.aggregate_loss(per_tok, mask, mode, tokens, seqs, MAX_LEN).backward()
     return [p.grad.detach().clone() for p in model.parameters()]
 
@@ -84,7 +98,7 @@ def test_one_vs_four_micro_batches_give_the_same_update(base_model, step_batch, 
 
 
 def test_overlong_filter_removes_rows_from_loss_and_normaliser(base_model, step_batch):
-    batch = dataclasses.replace(step_batch, in_loss=torch.tensor([True, False, True, True] + [True] * 4))
+    batch = step_batch.without_rows_in_loss(torch.tensor([False, True, False, False] + [False] * 4))
     got, metrics = run_update(base_model, batch, micro_batch_size=3)
     direct = direct_gradient(base_model, batch, "token_mean")
     assert max((a - b).abs().max().item() for a, b in zip(got, direct)) < FP32_ROUNDING
@@ -97,7 +111,7 @@ def test_tis_weights_scale_the_gradient_at_the_cap(base_model, step_batch):
     plain, _ = run_update(base_model, step_batch, micro_batch_size=8, num_iterations=1)
     # Engine log-probs far below the trainer's: every ratio pi_trainer / pi_engine exceeds the cap
     # of 2, so each token's weight is exactly 2 and the whole gradient doubles.
-    far = dataclasses.replace(step_batch, rollout_logprobs=[[-60.0] * len(c) for c in step_batch.completion_ids])
+    far = dataclasses.replace(step_batch, logprobs=torch.where(step_batch.valid, -60.0, 0.0))
     tis, metrics = run_update(base_model, far, micro_batch_size=8, tis_cap=2.0)
     assert metrics["train/tis_weight_mean"] == pytest.approx(2.0)
     assert max((2 * a - b).abs().max().item() for a, b in zip(plain, tis)) < 1e-9
@@ -145,13 +159,13 @@ def test_mismatch_metrics_compare_the_engine_with_pi_old(base_model, step_batch,
     # s = 0.1 * (t % 3) nats at token t. With two passes over two mini-batches, mini-batch 2 of
     # pass 1 runs after an SGD step at lr 1: only frozen old log-probs still give these values.
     rows = list(range(8))
-    mb = pack(rows, step_batch.prompt_ids, step_batch.completion_ids, 0)
+    prompts, completions, _, _ = rows_of(step_batch)
+    mb = pack(rows, prompts, completions, 0)
     with torch.no_grad():
         logp, _ = completion_logprobs(copy.deepcopy(base_model), mb, 1.0)
-    shift = lambda n: [0.1 * (t % 3) for t in range(n)]  # noqa: E731
-    engine = [(logp[i, :len(c)] + torch.tensor(shift(len(c)), dtype=torch.float64)).tolist()
-              for i, c in enumerate(step_batch.completion_ids)]
-    _, metrics = run_update(base_model, dataclasses.replace(step_batch, rollout_logprobs=engine), micro_batch_size=3,
+    shift = 0.1 * (torch.arange(logp.shape[1]) % 3)
+    engine = torch.where(step_batch.valid, (logp + shift).float(), 0.0)
+    _, metrics = run_update(base_model, dataclasses.replace(step_batch, logprobs=engine), micro_batch_size=3,
                             **algo_kwargs)
     # Rows 4-7 have advantage 0 and are not forwarded: compared are rows 0-3, 3 + 8 + 5 + 1 = 17
     # tokens, whose shifts t % 3 = 0, 1, 2 occur 7, 6, 4 times (row lengths 3, 8, 5, 1).

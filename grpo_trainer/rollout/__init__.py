@@ -5,9 +5,9 @@ without it."""
 
 from __future__ import annotations
 
-from .base import RolloutBatch, RolloutEngine, SamplingConfig, concat_batches, select_groups
+from .base import RolloutBatch, RolloutEngine, SamplingConfig
 
-__all__ = ["RolloutBatch", "RolloutEngine", "SamplingConfig", "concat_batches", "make_engine", "select_groups"]
+__all__ = ["RolloutBatch", "RolloutEngine", "SamplingConfig", "make_engine"]
 
 
 def make_engine(backend: str, *, model_path: str, policy=None, dtype: str = "float32", seed: int = 0,

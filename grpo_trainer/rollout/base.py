@@ -21,7 +21,8 @@ class SamplingConfig:
 
 @dataclass
 class RolloutBatch:
-    """Completions are group-major: rows [i*G:(i+1)*G] are the G samples of prompt i."""
+    """What an engine returns, as plain lists; the trainer turns it into a rollout record
+    (record.py) once. Completions are group-major: rows [i*G:(i+1)*G] are the G samples of prompt i."""
 
     prompt_ids: list[list[int]]  # (B,) token ids of each prompt
     completion_ids: list[list[int]]  # (B*G,) sampled token ids, EOS included when produced
@@ -61,20 +62,3 @@ class RolloutEngine(abc.ABC):
     def close(self) -> None:
         """Free the engine's memory."""
 
-
-def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
-    """Join batches of the same G, keeping group-major order."""
-    return RolloutBatch(prompt_ids=[p for b in batches for p in b.prompt_ids],
-                        completion_ids=[c for b in batches for c in b.completion_ids],
-                        logprobs=[lp for b in batches for lp in b.logprobs],
-                        truncated=[t for b in batches for t in b.truncated])
-
-
-def select_groups(batch: RolloutBatch, groups: list[int]) -> RolloutBatch:
-    """The sub-batch made of the given prompt groups, in the given order."""
-    G = batch.group_size
-    rows = [g * G + j for g in groups for j in range(G)]
-    return RolloutBatch(prompt_ids=[batch.prompt_ids[g] for g in groups],
-                        completion_ids=[batch.completion_ids[i] for i in rows],
-                        logprobs=[batch.logprobs[i] for i in rows],
-                        truncated=[batch.truncated[i] for i in rows])
