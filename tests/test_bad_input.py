@@ -87,10 +87,10 @@ def test_probe_leaves_nothing_behind(tmp_path):
 # Reward specs resolved before the model loads
 
 
-def test_unknown_verifier_is_told_before_the_model_loads():
+def test_unknown_verifier_is_told_before_the_model_loads(tmp_path):
     # The "reward.functions: " prefix is preflight's: the trainer, after loading the weights,
-    # would have raised the bare RewardError.
-    one_error(cli("reward.functions=[{name: gsm8kk}]"),
+    # would have raised the bare RewardError. (Its own output dir: the recipe's may hold a real run.)
+    one_error(cli(f"trainer.output_dir={tmp_path / 'run'}", "reward.functions=[{name: gsm8kk}]"),
               "error: reward.functions: unknown verifier 'gsm8kk' (did you mean 'gsm8k'?); known: format, gsm8k, math")
 
 
