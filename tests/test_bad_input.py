@@ -9,6 +9,7 @@ driver that has imported torch once, as in test_resume.py); one case goes throug
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -270,8 +271,8 @@ def test_no_reward_verdict_is_the_same_on_every_process():
 
     proc = launch("cpu_ddp", [str(REPO / "tests/reward_guard_ranks.py")], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"rank"')),
-                 key=lambda r: r["rank"])
+    # The two processes share stdout: their lines can arrive glued together.
+    got = sorted((json.loads(m) for m in re.findall(r'\{"rank"[^{}]*\}', proc.stdout)), key=lambda r: r["rank"])
     # consecutive silent steps after steps 1, 2, 3 -> 0, 1, 2; max_no_reward_steps=2 stops both at step 3.
     assert got == [{"rank": 0, "consecutive": [0, 1, 2], "stopped": 3},
                    {"rank": 1, "consecutive": [0, 1, 2], "stopped": 3}], proc.stdout[-2000:]
