@@ -9,8 +9,8 @@ driver that has imported torch once, as in test_resume.py); one case goes throug
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
