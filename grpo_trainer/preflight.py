@@ -11,6 +11,7 @@ from pathlib import Path
 
 from grpo_trainer.checkpoint import list_checkpoints, resolve_resume
 from grpo_trainer.config import DEFAULT_DIFF_IGNORE, Config, ConfigError, config_diff, load_config
+from grpo_trainer.runlock import is_main_rank
 
 # Where the run lives is not what it is: a run directory may be moved, then resumed.
 SAME_RUN_IGNORE = DEFAULT_DIFF_IGNORE + ("trainer.output_dir",)
@@ -88,7 +89,7 @@ def check_writable(cfg: Config) -> None:
     here instead of as a traceback at the first save. Only global rank 0 (the process that
     writes the run) probes, so processes starting together never remove a directory another one
     is probing."""
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_rank():
         return
     run = Path(cfg.trainer.output_dir)
     where = f"trainer.output_dir={str(run)!r}"

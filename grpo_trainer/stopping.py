@@ -30,6 +30,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from grpo_trainer.runlock import is_main_rank
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1
 # argv[0]'s name or the `-m` module of the processes that start trainers and wait for them.
@@ -55,7 +57,7 @@ class RunStopped(Exception):
 
 def _say(text: str) -> None:
     # os.write, not print: the handler may interrupt a print, and a buffered stream is not reentrant.
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_rank():
         os.write(2, (text + "\n").encode())
 
 

@@ -13,6 +13,7 @@ metrics are partial sums added to the step's StepStats (one collective for the w
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -46,6 +47,16 @@ class PolicyUpdater:
         # in checkpointed layers whenever the model is in training mode, gradients or not, and the
         # reference may be the same network (LoRA), so every forward here follows it.
         self.micro_batch_tokens, self.share_prompt = micro_batch_tokens, share_prompt
+        # The registered policy loss (algorithm.policy_loss) with its algorithm.* options, looked up once.
+        entry = algo.POLICY_LOSSES[algorithm.policy_loss]
+        self.policy_loss = functools.partial(entry.fn, **entry.bind(vars(algorithm)))
+
+    @property
+    def need_old(self) -> bool:
+        """Old log-probs must be frozen before the first update when there is more than one (or
+        TIS compares them with the engine's)."""
+        a = self.a
+        return a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
 
     def _logprobs(self, model, mb: MicroBatch) -> torch.Tensor:
         return completion_logprobs(model, mb, self.temperature, share_prompt=self.share_prompt)[0]
@@ -69,8 +80,7 @@ class PolicyUpdater:
         # kept out of the forward/backward but still counted in the normalisers.
         needs_all = (kl_in_loss or a.entropy_coef != 0 or not a.skip_zero_advantage
                      or distributed.lockstep(acc))
-        # Old log-probs must be frozen before the first update when there is more than one.
-        need_old = a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
+        need_old = self.need_old
         in_loss = record.in_loss.tolist()
         loss_tokens = record.loss_mask.sum(dim=1).tolist()
         nonzero = (record.advantages != 0).any(dim=1).tolist()
@@ -138,8 +148,7 @@ class PolicyUpdater:
 
     def metrics(self, tot: dict[str, float]) -> dict:
         """The logged train/* and mismatch/* metrics from the step's reduced StepStats."""
-        a = self.a
-        need_old = a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
+        a, need_old = self.a, self.need_old
         tok = max(tot["update/tokens"], 1.0)
         # No trained token anywhere (every advantage 0): nothing was compared, which is not "no mismatch".
         seen = tot["update/canary_tokens"] > 0
@@ -189,15 +198,14 @@ class PolicyUpdater:
         old = logp.detach() if old is None else old
         rollout = rec["engine"][rows, :C]  # (M, C) the engine's log-probs, 0 at padding
         if canary is not None:
-            # The weight-sync canary, from log-probs this update computes anyway: `old` is the policy
-            # last pushed to the engine (frozen before this rollout's first optimizer step or, with one
-            # pass over one mini-batch, computed before it), so it must match what the engine sampled.
+            # The weight-sync canary, from log-probs this update computes anyway: on pass 1 `old` is the
+            # policy last pushed to the engine (the frozen pass, or this forward's own detached values
+            # before the first optimizer step), so it must match what the engine sampled.
             k3, diff = algo.logprob_mismatch(rollout, old, mask)
             canary[0] += k3.sum().item()
             canary[1] += mask.sum().item()
             canary[2] = max(canary[2], diff.max().item())
-        loss_fn = algo.POLICY_LOSSES[a.policy_loss]  # registered by name in algo/ (ppo_clip today)
-        per_token, stats = loss_fn.fn(logp, old, rec["adv"][rows, :C], mask, **loss_fn.bind(vars(a)))
+        per_token, stats = self.policy_loss(logp, old, rec["adv"][rows, :C], mask)
         tis_sum = 0.0
         if a.tis_cap is not None:
             w = algo.tis_weights(old, rollout, a.tis_cap, mask)
