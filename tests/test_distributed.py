@@ -158,3 +158,17 @@ def test_one_update_is_the_same_in_one_and_two_processes(tiny_llama: Path, tmp_p
         assert int((gaps > 1e-5).sum()) <= 10 and gaps.max().item() < 1e-4, (config, gaps.max().item())
         assert other["metrics"]["train/grad_norm"] == pytest.approx(single["metrics"]["train/grad_norm"], rel=1e-5)
         assert other["metrics"]["train/loss"] == pytest.approx(single["metrics"]["train/loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("native, expected", [(False, "no"), (True, "bf16")])
+def test_bf16_autocast_falls_back_to_fp32_on_a_cpu_without_native_bf16(native: bool, expected: str):
+    # The CPU probe is replaced (this test is about the decision, not the probe); a fresh
+    # interpreter because accelerate keeps one AcceleratorState per process.
+    code = ("import logging, grpo_trainer.distributed as d; logging.basicConfig(level=logging.WARNING); "
+            f"d.cpu_has_native_bf16 = lambda: {native}; "
+            "print('mixed=' + str(d.make_accelerator('bf16', 8, 1.0).mixed_precision))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"mixed={expected}" in out.stdout
+    assert ("no native bf16" in out.stderr) == (not native)
