@@ -21,6 +21,8 @@ import os
 
 import torch
 
+from grpo_trainer.hardware import cpu_has_native_bf16
+
 log = logging.getLogger(__name__)
 
 
@@ -46,17 +48,6 @@ def make_accelerator(mixed_precision: str, micro_batch_size: int, max_grad_norm:
                       step_scheduler_with_optimizer=False)
     configure(acc, micro_batch_size, max_grad_norm)
     return acc
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). Without it (AVX2-only
-    x86) torch's bf16 GEMM falls back to a scalar path: 0.7 GFLOP/s against 28 fp32 measured on
-    a 2-core AVX2 machine (2026-12-01), so bf16 autocast is a 40x slowdown, not a speed-up."""
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if not any(checks):  # a torch without these probes (or not x86): trust the recipe
-        return True
-    return any(check() for check in checks if check is not None)
 
 
 def deepspeed_plugin(acc):

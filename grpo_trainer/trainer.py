@@ -286,7 +286,7 @@ class GRPOTrainer:
                                self.cfg.trainer.keep_last)
 
     def _resume(self, path: Path) -> None:
-        state = load_checkpoint(self.acc, path)
+        state = load_checkpoint(self.acc, path, self.model)
         self.step = int(state["step"])
         for name, obj in self.stateful.items():
             if name in state:

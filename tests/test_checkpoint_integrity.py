@@ -108,10 +108,10 @@ def _damage(ckpt: Path, how: str) -> str:
         (ckpt / "state" / "optimizer.bin").unlink()
         return "state/optimizer.bin is missing"
     if how == "cut":
-        path = ckpt / "state" / "model.safetensors"
+        path = ckpt / "model" / "model.safetensors"
         size = path.stat().st_size
         os.truncate(path, size // 2)
-        return f"state/model.safetensors has {size // 2:,} bytes, {size:,} were saved"
+        return f"model/model.safetensors has {size // 2:,} bytes, {size:,} were saved"
     path = ckpt / "model" / "model.safetensors"  # same size, other bytes: only the checksum sees it
     raw = bytearray(path.read_bytes())
     raw[-100:] = bytes(100)
@@ -148,7 +148,7 @@ def test_preflight_reports_damage_before_anything_loads(three, tmp_path):
     _damage(run / "checkpoint-000002", "cut")
     cfg = load_config(REPO / "recipes/quickstart.yaml", [f"trainer.output_dir={run}",
                                                         f"resume={run / 'checkpoint-000002'}"])
-    with pytest.raises(ConfigError, match=r"^resume='.*checkpoint-000002' is damaged: state/model\.safetensors has .*; pass another "
+    with pytest.raises(ConfigError, match=r"^resume='.*checkpoint-000002' is damaged: model/model\.safetensors has .*; pass another "
                                               r"checkpoint, or resume=auto for the newest intact one$"):
         check_output_dir(cfg)
 

@@ -45,3 +45,16 @@ def test_vllm_logprobs_match_trainer_after_sync(tiny_llama: Path):
         assert ours.shape == theirs.shape
         torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=0)
     engine.close()
+
+
+@pytest.mark.slow
+def test_bf16_engine_samples_in_fp32_on_a_cpu_without_native_bf16(tiny_llama: Path):
+    from grpo_trainer.hardware import cpu_has_native_bf16
+
+    engine = make_engine("vllm", model_path=str(tiny_llama), dtype="bfloat16", seed=0, max_model_len=128,
+                         kv_cache_gib=1)
+    try:
+        expected = torch.bfloat16 if torch.cuda.is_available() or cpu_has_native_bf16() else torch.float32
+        assert engine.llm.llm_engine.model_config.dtype == expected
+    finally:
+        engine.close()
