@@ -39,8 +39,8 @@ def record_logprobs(model, record: RolloutRecord, device, temperature: float, mi
 
 
 # (metric, sum, divided by): logged as mismatch/<metric>; the rho band is algorithm.rollout_correction's.
-_MISMATCH_FRACTIONS = (("mean_abs_logp_diff", "abs_diff", "tokens"), ("token_out_frac", "tokens_out", "tokens"),
-                       ("seq_out_frac", "seqs_out", "seqs"), ("corrected_frac", "corrected", "tokens"))
+_MISMATCH_MEANS = (("mean_abs_logp_diff", "abs_diff", "tokens"), ("token_out_frac", "tokens_out", "tokens"),
+                   ("seq_out_frac", "seqs_out", "seqs"), ("corrected_frac", "corrected", "tokens"))
 
 
 class PolicyUpdater:
@@ -170,9 +170,9 @@ class PolicyUpdater:
                 "mismatch/max_abs_logp_diff": tot["update/canary_max_diff"] if seen else math.nan,
                 "mismatch/tokens": tot["update/canary_tokens"], "train/rows_trained": tot["update/rows_trained"],
                 **{f"mismatch/{name}": tot[f"update/canary_{key}"] / max(tot[f"update/canary_{per}"], 1.0)
-                   if seen else math.nan for name, key, per in _MISMATCH_FRACTIONS}}
+                   if seen else math.nan for name, key, per in _MISMATCH_MEANS}}
 
-    def _step(self, mini: dict, rec: dict, beta: float, sums: dict, canary: list | None) -> tuple[float, float]:
+    def _step(self, mini: dict, rec: dict, beta: float, sums: dict, canary: dict | None) -> tuple[float, float]:
         """Forward/backward over one mini-batch's micro-batches; returns (sum old-new, tokens)."""
         acc, mbs = self.acc, mini["mbs"]
         drift = [0.0, 0.0]
@@ -197,7 +197,7 @@ class PolicyUpdater:
         sums["old_new_tokens"] += drift[1]
         return drift[0], drift[1]
 
-    def _micro_loss(self, mb: MicroBatch, old, ref, rec: dict, beta: float, mini: dict, canary: list | None):
+    def _micro_loss(self, mb: MicroBatch, old, ref, rec: dict, beta: float, mini: dict, canary: dict | None):
         a = self.a
         mask = mb.loss_mask
         C = mask.shape[1]
@@ -217,7 +217,8 @@ class PolicyUpdater:
             if rc.level is not None:
                 mon["corrected"] = corrected.sum().double()
             for key, value in zip(mon, torch.stack(list(mon.values())).tolist()):
-                canary[key] = max(canary.get(key, 0.0), value) if key == "max_abs_diff" else canary.get(key, 0.0) + value
+                seen = canary.get(key, 0.0)
+                canary[key] = max(seen, value) if key == "max_abs_diff" else seen + value
         per_token, stats = self.policy_loss(logp, old, rec["adv"][rows, :C], mask)
         tis_sum = 0.0
         if rc.level is not None:

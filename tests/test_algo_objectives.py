@@ -48,7 +48,8 @@ def test_gspo_clipped_at_the_papers_ranges():
     # row 1: A = 1, s = 1.2214 > 1.0004: min(1.2214, 1.0004) = 1.0004, clipped high
     # row 2: A = -2, s = 0.8187 < 0.9997: min(-1.6375, -1.9994) = -1.9994, clipped low
     assert values(per_token) == approx([[-1.0004] * 3, [1.9994, 1.9994, 0.0]], abs=1e-12)
-    assert stats["clip_frac_high"].item() == pytest.approx(3 / 5) and stats["clip_frac_low"].item() == pytest.approx(2 / 5)
+    assert stats["clip_frac_high"].item() == pytest.approx(3 / 5)
+    assert stats["clip_frac_low"].item() == pytest.approx(2 / 5)
     algo.aggregate_loss(per_token, MASK, "seq_mean_token_mean", 5, 2, 3).backward()
     assert logp.grad.abs().max().item() == 0.0  # both sequences clipped: no gradient, no NaN
 
@@ -110,7 +111,8 @@ def test_gspo_token_takes_per_token_advantages():
     # A > 0 keeps s A, A < 0 clipped to 0.9997 A
     want = [[-1.0004, s1, -2 * 1.0004], [-0.5 * s2, 0.5 * 0.9997, 0.0]]
     assert values(per_token) == approx(want, abs=1e-12)
-    assert stats["clip_frac_high"].item() == pytest.approx(2 / 5) and stats["clip_frac_low"].item() == pytest.approx(1 / 5)
+    assert stats["clip_frac_high"].item() == pytest.approx(2 / 5)
+    assert stats["clip_frac_low"].item() == pytest.approx(1 / 5)
 
 
 # --- CISPO ----------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def direct_gradient(model, batch: RolloutRecord, mode: str, rows=None, policy_lo
     mb = pack(rows, [prompts[i] for i in rows], [completions[i] for i in rows], 0)
     logp, _ = completion_logprobs(model, mb, 1.0)
     entry = algo.POLICY_LOSSES[policy_loss]
-    per_tok, _ = entry.fn(logp, logp.detach(), advantages[rows], mb.completion_mask, **entry.bind(vars(AlgorithmConfig())))
+    per_tok, _ = entry.fn(logp, logp.detach(), advantages[rows], mb.completion_mask,
+                          **entry.bind(vars(AlgorithmConfig())))
     if correction is not None:
         engine = batch.logprobs[rows, :logp.shape[1]]
         w, _ = algo.correction_weights(logp.detach(), engine, mb.completion_mask, correction.level, correction.mode,

@@ -181,7 +181,8 @@ _RANGES = [
     ("a float >= 1", lambda v: v >= 1, "algorithm.rollout_correction.upper"),
     ("a float > 0", lambda v: v > 0, "algorithm.softmax_beta"),
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "rollout.top_p rollout.gpu_memory_utilization"),
-    ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low algorithm.gspo_eps_low trainer.adam_beta1 trainer.adam_beta2 model.lora.dropout"),
+    ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low algorithm.gspo_eps_low trainer.adam_beta1 "
+     "trainer.adam_beta2 model.lora.dropout"),
     ("null or an integer >= 1", lambda v: v is None or v >= 1, "data.num_examples trainer.micro_batch_tokens"),
     ("null or a float > 1", lambda v: v is None or v > 1, "algorithm.dual_clip_c"),
     ("an integer in 1..4", lambda v: 1 <= v <= 4, "data.difficulty"),
