@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 # The columns of the one-line console summary per step, in order.
 CONSOLE = [("reward/mean", "reward"), ("reward/accuracy", "acc"), ("reward/format", "fmt"),
            ("completion/len_mean", "len"), ("train/kl", "kl"), ("train/entropy", "ent"),
+           ("mismatch/kl", "mis_kl"),  # engine vs trainer, k3 nats/token: ~1e-3 is bf16 sampling, > 0.1 stale weights
            ("eval/accuracy", "eval_acc"), ("time/step", "s")]
 
 

@@ -4,7 +4,8 @@
 
 Reads RUN_DIR/metrics.jsonl (one JSON object per step, written by the trainer) and writes into
 DIR (default RUN_DIR/plots) one PNG per group of metrics that the run logged: reward.png,
-completion_length.png, kl.png, entropy.png, clip_fraction.png, time.png (phase times stacked).
+completion_length.png, kl.png, entropy.png, clip_fraction.png, mismatch.png (engine vs trainer),
+time.png (phase times stacked).
 A group none of whose keys has a value is skipped. matplotlib is the optional extra `plot`
 (`pip install 'grpo_trainer[plot]'`); --tensorboard needs the `tensorboard` package.
 """
@@ -34,6 +35,7 @@ class PlotSpec:
     ylabel: str
     keys: tuple[str, ...]
     stacked: bool = False
+    logy: bool = False  # symlog: keys spanning decades, zeros allowed
 
 
 PLOTS = (
@@ -44,6 +46,10 @@ PLOTS = (
     PlotSpec("entropy.png", "Policy entropy", "nats / token", ("train/entropy",)),
     PlotSpec("clip_fraction.png", "Clipped token fraction", "fraction",
              ("train/clip_frac_low", "train/clip_frac_high")),
+    # Engine vs trainer (algorithm.rollout_correction): KL and |d log p| in nats, the rest fractions; log axis.
+    PlotSpec("mismatch.png", "Rollout-trainer mismatch", "nats / fraction",
+             ("mismatch/kl", "mismatch/mean_abs_logp_diff", "mismatch/token_out_frac", "mismatch/seq_out_frac",
+              "mismatch/corrected_frac"), logy=True),
     PlotSpec("time.png", "Time per step by phase", "seconds",
              ("time/rollout", "time/reward", "time/train", "time/sync"), stacked=True),
 )
@@ -128,6 +134,8 @@ def _draw(spec: PlotSpec, rows: list[dict], path: Path) -> bool:
         for key, (steps, values) in data.items():
             sparse = len(steps) < 0.5 * len(rows) or len(steps) <= 20
             ax.plot(steps, values, label=key, marker="o" if sparse else None, markersize=3, linewidth=1.2)
+    if spec.logy:
+        ax.set_yscale("symlog", linthresh=1e-6)
     ax.set_title(spec.title)
     ax.set_xlabel("step")
     ax.set_ylabel(spec.ylabel)

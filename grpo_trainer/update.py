@@ -6,7 +6,9 @@ before any backward, so the gradient does not depend on how rows are cut into mi
 spread over processes (DDP averages gradients over processes, hence the `* num_processes`).
 
 The rows are a rollout record's (record.py): its loss mask says which tokens count, its per-token
-advantages weight them, its engine log-probs feed the weight-sync canary and TIS. The update's
+advantages weight them, its engine log-probs feed the mismatch metrics (the weight-sync canary) and
+the rollout correction, both against pi_old: at one pass over one mini-batch that is the training
+forward's own detached log-probs, so neither costs a forward. The update's
 metrics are partial sums added to the step's StepStats (one collective for the whole step);
 `metrics` turns their global values into the logged numbers.
 """
@@ -36,6 +38,11 @@ def record_logprobs(model, record: RolloutRecord, device, temperature: float, mi
     return out
 
 
+# (metric, sum, divided by): logged as mismatch/<metric>; the rho band is algorithm.rollout_correction's.
+_MISMATCH_MEANS = (("mean_abs_logp_diff", "abs_diff", "tokens"), ("token_out_frac", "tokens_out", "tokens"),
+                   ("seq_out_frac", "seqs_out", "seqs"), ("corrected_frac", "corrected", "tokens"))
+
+
 class PolicyUpdater:
     def __init__(self, acc, model, optimizer, ref, pad_id: int, algorithm, temperature: float,
                  micro_batch_size: int, max_grad_norm: float, max_completion_length: int, guard=None,
@@ -53,10 +60,10 @@ class PolicyUpdater:
 
     @property
     def need_old(self) -> bool:
-        """Old log-probs must be frozen before the first update when there is more than one (or
-        TIS compares them with the engine's)."""
+        """Old log-probs must be frozen before the first update when there is more than one; with
+        one, the training forward's detached log-probs are pi_old (the correction uses them too)."""
         a = self.a
-        return a.num_iterations > 1 or a.num_mini_batches > 1 or a.tis_cap is not None
+        return a.num_iterations > 1 or a.num_mini_batches > 1
 
     def _logprobs(self, model, mb: MicroBatch) -> torch.Tensor:
         return completion_logprobs(model, mb, self.temperature, share_prompt=self.share_prompt)[0]
@@ -115,7 +122,7 @@ class PolicyUpdater:
         sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",
                               "old_new_tokens", "tis"), 0.0)
         grad_norm, passes, stop = torch.tensor(0.0), 0, False
-        canary = [0.0, 0.0, 0.0]  # engine vs trainer on pass 1: sum of k3, tokens, max |log-prob difference|
+        canary: dict[str, float] = {}  # engine vs trainer on pass 1: algo.mismatch_stats' sums (and maximum)
         self.model.train()
         for _ in range(a.num_iterations):
             passes += 1
@@ -137,9 +144,9 @@ class PolicyUpdater:
 
         for key, value in sums.items():
             stats.add(f"update/{key}", value)
-        stats.add("update/canary_k3", canary[0])
-        stats.add("update/canary_tokens", canary[1])
-        stats.peak("update/canary_max_diff", canary[2])
+        for key in ("k3", "tokens", "abs_diff", "tokens_out", "seqs_out", "seqs", "corrected"):
+            stats.add(f"update/canary_{key}", canary.get(key, 0.0))
+        stats.peak("update/canary_max_diff", canary.get("max_abs_diff", 0.0))
         stats.add("update/rows_trained", float(sum(len(mb.rows) for m in minis
                                                    for mb, d in zip(m["mbs"], m["dummy"]) if not d)))
         # The same on every process (a global norm, a common decision to stop).
@@ -157,13 +164,15 @@ class PolicyUpdater:
                 "train/clip_frac_high": tot["update/clip_high"] / tok,
                 "train/kl_old_new": (tot["update/old_new_kl"] / max(tot["update/old_new_tokens"], 1.0)
                                      if need_old else 0.0),
-                "train/tis_weight_mean": tot["update/tis"] / tok if a.tis_cap is not None else 1.0,
+                "train/tis_weight_mean": tot["update/tis"] / tok if a.rollout_correction.level is not None else 1.0,
                 "train/grad_norm": tot["update/grad_norm"], "train/passes": tot["update/passes"],
                 "mismatch/kl": tot["update/canary_k3"] / tot["update/canary_tokens"] if seen else math.nan,
                 "mismatch/max_abs_logp_diff": tot["update/canary_max_diff"] if seen else math.nan,
-                "mismatch/tokens": tot["update/canary_tokens"], "train/rows_trained": tot["update/rows_trained"]}
+                "mismatch/tokens": tot["update/canary_tokens"], "train/rows_trained": tot["update/rows_trained"],
+                **{f"mismatch/{name}": tot[f"update/canary_{key}"] / max(tot[f"update/canary_{per}"], 1.0)
+                   if seen else math.nan for name, key, per in _MISMATCH_MEANS}}
 
-    def _step(self, mini: dict, rec: dict, beta: float, sums: dict, canary: list | None) -> tuple[float, float]:
+    def _step(self, mini: dict, rec: dict, beta: float, sums: dict, canary: dict | None) -> tuple[float, float]:
         """Forward/backward over one mini-batch's micro-batches; returns (sum old-new, tokens)."""
         acc, mbs = self.acc, mini["mbs"]
         drift = [0.0, 0.0]
@@ -188,7 +197,7 @@ class PolicyUpdater:
         sums["old_new_tokens"] += drift[1]
         return drift[0], drift[1]
 
-    def _micro_loss(self, mb: MicroBatch, old, ref, rec: dict, beta: float, mini: dict, canary: list | None):
+    def _micro_loss(self, mb: MicroBatch, old, ref, rec: dict, beta: float, mini: dict, canary: dict | None):
         a = self.a
         mask = mb.loss_mask
         C = mask.shape[1]
@@ -197,18 +206,22 @@ class PolicyUpdater:
                                             share_prompt=self.share_prompt)
         old = logp.detach() if old is None else old
         rollout = rec["engine"][rows, :C]  # (M, C) the engine's log-probs, 0 at padding
+        rc = a.rollout_correction
+        if rc.level is not None:
+            w, corrected = algo.correction_weights(old, rollout, mask, rc.level, rc.mode, rc.lower, rc.upper)
         if canary is not None:
-            # The weight-sync canary, from log-probs this update computes anyway: on pass 1 `old` is the
-            # policy last pushed to the engine (the frozen pass, or this forward's own detached values
-            # before the first optimizer step), so it must match what the engine sampled.
-            k3, diff = algo.logprob_mismatch(rollout, old, mask)
-            canary[0] += k3.sum().item()
-            canary[1] += mask.sum().item()
-            canary[2] = max(canary[2], diff.max().item())
+            # The weight-sync canary and mismatch metrics, from log-probs this update computes anyway: on
+            # pass 1 `old` is the policy last pushed to the engine (the frozen pass, or this forward's own
+            # detached values before the first optimizer step), so it must match what the engine sampled.
+            mon = algo.mismatch_stats(rollout, old, mask, rc.lower, rc.upper)
+            if rc.level is not None:
+                mon["corrected"] = corrected.sum().double()
+            for key, value in zip(mon, torch.stack(list(mon.values())).tolist()):
+                seen = canary.get(key, 0.0)
+                canary[key] = max(seen, value) if key == "max_abs_diff" else seen + value
         per_token, stats = self.policy_loss(logp, old, rec["adv"][rows, :C], mask)
         tis_sum = 0.0
-        if a.tis_cap is not None:
-            w = algo.tis_weights(old, rollout, a.tis_cap, mask)
+        if rc.level is not None:
             per_token = per_token * w
             tis_sum = w[mask].sum().item()
         kl_sum = 0.0

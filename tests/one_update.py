@@ -9,6 +9,7 @@ global batch and their weights can be compared."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import torch
@@ -17,8 +18,12 @@ from grpo_trainer.config import load_config
 from grpo_trainer.record import RolloutRecord
 from grpo_trainer.rollout import RolloutBatch
 from grpo_trainer.trainer import GRPOTrainer
+from grpo_trainer.update import record_logprobs
 
 PROMPTS, G = 4, 2
+# With a rollout correction on, the "engine" reports the trainer's log-probs shifted per global row
+# (rho = e^-shift): sequence-level MIS drops rows 0, 3 and 6, whose |shift| > log 2.
+SHIFTS = [0.9, 0.05, -0.3, -1.0, 0.1, 0.0, 1.2, -0.2]
 
 
 def fixed_batch(trainer: GRPOTrainer) -> tuple[RolloutBatch, torch.Tensor]:
@@ -40,6 +45,10 @@ def main() -> None:
     mine = RolloutBatch(batch.prompt_ids[lo:hi], batch.completion_ids[lo * G:hi * G],
                         batch.logprobs[lo * G:hi * G], batch.truncated[lo * G:hi * G])
     record = RolloutRecord.from_engine(mine, list(range(lo, hi)), trainer.tokenizer)
+    if trainer.cfg.algorithm.rollout_correction.level is not None:
+        logp = record_logprobs(trainer.model, record, acc.device, trainer.cfg.rollout.temperature, 8)
+        shift = torch.tensor(SHIFTS[lo * G:hi * G])[:, None]
+        record = dataclasses.replace(record, logprobs=torch.where(record.valid, logp + shift, 0.0))
     metrics = trainer.updater.update(record.with_advantages(advantages[lo * G:hi * G]), trainer.beta)
     state = acc.get_state_dict(trainer.model)
     if acc.is_main_process:

@@ -67,6 +67,11 @@ def test_skipped_weight_pushes_stop_the_run_at_the_next_step(forker, tiny_llama:
     # same base weights while the trainer holds step 1's update.
     assert first["mismatch/kl"] < 1e-9 and first["mismatch/max_abs_logp_diff"] < 1e-3, first
     assert second["mismatch/kl"] > 0.1 and second["mismatch/max_abs_logp_diff"] > 1.0, second
+    # Orders of magnitude, not a drift: the KL and the mean |d log p| jump >= 100x, and tokens leave
+    # the rho band [0.5, 2] (a |d log p| > 1 does) where none did.
+    assert second["mismatch/kl"] >= 100 * first["mismatch/kl"], (first, second)
+    assert second["mismatch/mean_abs_logp_diff"] >= 100 * first["mismatch/mean_abs_logp_diff"], (first, second)
+    assert first["mismatch/token_out_frac"] == 0 and second["mismatch/token_out_frac"] > 0, (first, second)
     # Step 2's update is not saved; step 1's checkpoint is the last one, untouched: it holds the
     # trainer's step-1 weights, which differ from the base weights the engine kept using.
     assert [s for s, _ in list_checkpoints(run)] == [1] and not list(run.glob(".tmp-*"))

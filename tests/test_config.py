@@ -389,9 +389,10 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
     ("model.dtyp=float32", "unknown key 'model.dtyp' (did you mean 'model.dtype'?); valid keys in model: "
                            "name_or_path, dtype, trust_remote_code, gradient_checkpointing, lora"),
     ("algorithm.eps=0.2", "unknown key 'algorithm.eps' (did you mean 'algorithm.eps_low'?); valid keys in algorithm: "
-                          "advantage, scale, loss_agg, policy_loss, eps_low, eps_high, dual_clip_c, beta, kl_estimator, "
+                          "advantage, scale, loss_agg, policy_loss, eps_low, eps_high, dual_clip_c, gspo_eps_low, gspo_eps_high, "
+                          "cispo_eps_high, cispo_eps_low, beta, kl_estimator, "
                           "kl_mode, kl_target, ref_reset_every, softmax_beta, reinforce_baseline, num_iterations, "
-                          "num_mini_batches, target_kl, tis_cap, entropy_coef, skip_zero_advantage, dynamic_sampling, max_gen_rounds, "
+                          "num_mini_batches, target_kl, rollout_correction, tis_cap, entropy_coef, skip_zero_advantage, dynamic_sampling, max_gen_rounds, "
                           "overlong_filter, overlong_penalty, overlong_cache_len, overlong_penalty_factor"),
 ])
 def test_unknown_keys(override, expected):

@@ -128,25 +128,31 @@ def test_zero3(tiny_llama: Path, tmp_path: Path, lora: bool):
         assert len(moved) > len(base) // 2
 
 
-def _one_update(config: str, model: Path, out: Path) -> dict:
+def _one_update(config: str, model: Path, out: Path, *extra: str) -> dict:
     # lr 1e-4, so Adam's first step moves weights by ~1e-4: a 1e-5 tolerance is a tenth of it.
     proc = launch(config, [str(REPO / "tests/one_update.py"), str(out), f"model.name_or_path={model}",
                            f"trainer.output_dir={out.parent / 'run'}", "data.num_examples=16", "rollout.backend=hf",
                            "rollout.num_generations=2", "trainer.prompts_per_step=4", "trainer.micro_batch_size=3",
                            "trainer.learning_rate=1e-4", "trainer.lr_scheduler=constant",
-                           "trainer.mixed_precision='no'"])
+                           "trainer.mixed_precision='no'", *extra])
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out)
 
 
-def test_one_update_is_the_same_in_one_and_two_processes(tiny_llama: Path, tmp_path: Path):
+# The new objectives against 2 processes under plain DDP only: the loss is the same code under ZeRO.
+@pytest.mark.parametrize("extra", [[], ["algorithm.policy_loss=gspo"], ["algorithm.policy_loss=cispo"],
+                                   ["algorithm.rollout_correction={level: sequence, mode: mask}"]],
+                         ids=["ppo_clip", "gspo", "cispo", "sequence_mis"])
+def test_one_update_is_the_same_in_one_and_two_processes(tiny_llama: Path, tmp_path: Path, extra: list[str]):
     # 8 rows, micro-batch 3: one process runs 3 micro-batches; two processes run 2 each (4 rows).
-    single = _one_update("cpu", tiny_llama, tmp_path / "single.pt")
+    single = _one_update("cpu", tiny_llama, tmp_path / "single.pt", *extra)
     base = load_file(tiny_llama / "model.safetensors")
     moved = max((single["weights"][k] - base[k]).abs().max().item() for k in base)
     assert moved > 5e-5  # the update is real (Adam: ~lr = 1e-4 per weight)
-    for config in ("cpu_ddp", "cpu_zero2"):
-        other = _one_update(config, tiny_llama, tmp_path / f"{config}.pt")
+    if extra and "rollout_correction" in extra[0]:  # rows 0, 3 and 6 of 8 were masked out (one_update.SHIFTS)
+        assert single["metrics"]["mismatch/seq_out_frac"] == pytest.approx(3 / 8)
+    for config in ("cpu_ddp", "cpu_zero2") if not extra else ("cpu_ddp",):
+        other = _one_update(config, tiny_llama, tmp_path / f"{config}.pt", *extra)
         assert set(other["weights"]) == set(single["weights"])
         gaps = torch.cat([(other["weights"][k] - single["weights"][k]).abs().flatten() for k in base])
         # Adam's first step is lr * g / (|g| + 1e-8): where |g| is near 1e-8, fp32 rounding in g (the
@@ -155,6 +161,8 @@ def test_one_update_is_the_same_in_one_and_two_processes(tiny_llama: Path, tmp_p
         assert int((gaps > 1e-5).sum()) <= 10 and gaps.max().item() < 1e-4, (config, gaps.max().item())
         assert other["metrics"]["train/grad_norm"] == pytest.approx(single["metrics"]["train/grad_norm"], rel=1e-5)
         assert other["metrics"]["train/loss"] == pytest.approx(single["metrics"]["train/loss"], abs=1e-6)
+        for key in ("mismatch/seq_out_frac", "mismatch/corrected_frac", "train/tis_weight_mean"):
+            assert other["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-6), key
 
 
 @pytest.mark.parametrize("native, expected", [(False, "no"), (True, "bf16")])

@@ -110,3 +110,33 @@ def test_dapo_recipe_two_steps_logs_dynamic_sampling(tiny_llama: Path, tmp_path:
         expect.append((rounds, filtered))
     assert [(r["dynamic/gen_rounds"], r["dynamic/filtered_groups"]) for r in rows] == expect
     assert sum(f for _, f in expect) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, extra", [
+    ("gspo_synthetic_smollm2.yaml", []),
+    # Sequence-level MIS with a band so narrow that the bf16 engine's mismatch drops some sequences.
+    ("cispo_synthetic_smollm2.yaml", ["algorithm.rollout_correction={level: sequence, mode: mask, lower: 0.99, "
+                                      "upper: 1.01}"]),
+], ids=["gspo", "cispo_sequence_mis"])
+def test_objective_recipes_two_steps(tiny_llama: Path, tmp_path: Path, recipe: str, extra: list[str]):
+    run = tmp_path / "run"
+    # The recipe's bf16 engine against the fp32 trainer: a real, small mismatch.
+    proc = launch(["--recipe", str(REPO / "recipes" / recipe), *tiny_overrides(tiny_llama, run, 2),
+                   "trainer.mixed_precision=no", *extra])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["train/passes"] == 1.0 and r["train/rows_trained"] > 0, r
+        for key in ("train/loss", "train/grad_norm", "train/clip_frac_low", "train/clip_frac_high", "mismatch/kl",
+                    "mismatch/mean_abs_logp_diff"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r[key])
+        assert 0 < r["mismatch/kl"] < 0.1 and r["mismatch/mean_abs_logp_diff"] <= r["mismatch/max_abs_logp_diff"]
+        for key in ("mismatch/token_out_frac", "mismatch/seq_out_frac", "mismatch/corrected_frac"):
+            assert 0.0 <= r[key] <= 1.0, (key, r[key])
+    if extra:  # the band is what the metrics count against, and what the correction masked
+        assert all(r["mismatch/corrected_frac"] > 0 and r["mismatch/seq_out_frac"] > 0 for r in rows), rows
+    else:
+        assert all(r["mismatch/corrected_frac"] == 0.0 for r in rows)
+    assert (run / "checkpoint-000002" / "COMPLETE").is_file()

@@ -15,7 +15,8 @@ from grpo_trainer.plot import PlotError, export_tensorboard, load_metrics, main,
 needs_mpl = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                reason="matplotlib (extra `plot`) not installed")
 
-ALL_PNGS = {"reward.png", "completion_length.png", "kl.png", "entropy.png", "clip_fraction.png", "time.png"}
+ALL_PNGS = {"reward.png", "completion_length.png", "kl.png", "entropy.png", "clip_fraction.png", "mismatch.png",
+            "time.png"}
 
 
 def _row(step: int) -> dict:
@@ -24,6 +25,9 @@ def _row(step: int) -> dict:
         "completion/len_mean": 100.0 - step, "completion/len_max": 128,
         "train/kl": None if step == 1 else 0.01 * step,  # null: not measured at that step
         "train/entropy": 1.5, "train/clip_frac_low": 0.01, "train/clip_frac_high": 0.02,
+        # mismatch: decades apart and a 0, which the symlog axis draws
+        "mismatch/kl": 2e-3 * step, "mismatch/mean_abs_logp_diff": 0.05, "mismatch/token_out_frac": 0.01,
+        "mismatch/seq_out_frac": 0.0, "mismatch/corrected_frac": 0.0,
         "time/rollout": 3.0, "time/reward": 0.2, "time/train": 4.0, "time/sync": 0.5, "time/step": 8.0,
         **({"eval/accuracy": 0.25} if step % 2 == 0 else {}),
     }

@@ -57,8 +57,9 @@ def test_unregistered_names_are_refused_listing_the_registered_ones(toy_estimato
     assert str(exc.value) == ("algorithm.advantage='toys' is not allowed: expected one of 'grpo', 'dr_grpo', "
                               "'rloo', 'reinforce', 'softmax', 'toy' (did you mean 'toy'?)")
     with pytest.raises(ConfigError) as exc:
-        load_config(None, ["algorithm.policy_loss=gspo"])
-    assert str(exc.value) == "algorithm.policy_loss='gspo' is not allowed: expected one of 'ppo_clip'"
+        load_config(None, ["algorithm.policy_loss=gpso"])
+    assert str(exc.value) == ("algorithm.policy_loss='gpso' is not allowed: expected one of 'ppo_clip', 'gspo', "
+                              "'gspo_token', 'cispo' (did you mean 'gspo'?)")
     with pytest.raises(ValueError, match=r"^unknown advantage estimator 'ppo'; choose one of grpo, dr_grpo, "
                                          r"rloo, reinforce, softmax, toy$"):
         algo.group_advantages(torch.zeros(2), 2, "ppo")
@@ -75,7 +76,7 @@ def test_a_registered_policy_loss_is_accepted_by_config():
         assert entry.fn is toy_loss and entry.bind(vars(cfg.algorithm)) == {"eps": 0.2}
     finally:
         POLICY_LOSSES.remove("toy_loss")
-    with pytest.raises(ConfigError, match="expected one of 'ppo_clip'$"):
+    with pytest.raises(ConfigError, match="expected one of 'ppo_clip', 'gspo', 'gspo_token', 'cispo'$"):
         load_config(None, ["algorithm.policy_loss=toy_loss"])
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
 from accelerate import Accelerator
 
 from grpo_trainer import algo
-from grpo_trainer.config import AlgorithmConfig
+from grpo_trainer.config import AlgorithmConfig, RolloutCorrectionConfig
 from grpo_trainer.forward import completion_logprobs, pack
 from grpo_trainer.models import load_causal_lm
 from grpo_trainer.record import RolloutRecord
@@ -55,29 +56,44 @@ def rows_of(record: RolloutRecord):
     return prompts, record.completion_lists(), record.advantages[:, 0].double(), record.in_loss
 
 
-def run_update(model, batch: RolloutRecord, micro_batch_size: int, checkpointing: bool = False, **algo_kwargs):
+class FrozenOldUpdater(PolicyUpdater):
+    """The path before the correction read the training forward: always a no-grad pass for pi_old."""
+
+    need_old = True
+
+
+def run_update(model, batch: RolloutRecord, micro_batch_size: int, checkpointing: bool = False,
+               updater_cls=PolicyUpdater, lr: float = 1.0, **algo_kwargs):
     model = copy.deepcopy(model)
     if checkpointing:
         model.gradient_checkpointing_enable()
         model.train()  # as after a previous step: checkpointed layers then drop the key/value cache
     before = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     a = dataclasses.replace(AlgorithmConfig(), **algo_kwargs)
-    updater = PolicyUpdater(Accelerator(cpu=True), model, opt, None, 0, a, 1.0, micro_batch_size, 1e9, MAX_LEN,
-                            share_prompt=not checkpointing)
+    updater = updater_cls(Accelerator(cpu=True), model, opt, None, 0, a, 1.0, micro_batch_size, 1e9, MAX_LEN,
+                          share_prompt=not checkpointing)
     metrics = updater.update(batch, beta=0.0)
     delta = [(b - p.detach()) for b, p in zip(before, model.parameters())]  # = gradient (lr 1)
     return delta, metrics
 
 
-def direct_gradient(model, batch: RolloutRecord, mode: str, rows=None) -> list[torch.Tensor]:
+def direct_gradient(model, batch: RolloutRecord, mode: str, rows=None, policy_loss: str = "ppo_clip",
+                    correction: RolloutCorrectionConfig | None = None) -> list[torch.Tensor]:
     """The objective written out once for the whole batch, every row in one forward."""
     model = copy.deepcopy(model)
     prompts, completions, advantages, in_loss = rows_of(batch)
     rows = list(range(len(completions))) if rows is None else rows
     mb = pack(rows, [prompts[i] for i in rows], [completions[i] for i in rows], 0)
     logp, _ = completion_logprobs(model, mb, 1.0)
-    per_tok, _ = algo.clipped_policy_loss(logp, logp.detach(), advantages[rows], mb.completion_mask, 0.2, 0.2)
+    entry = algo.POLICY_LOSSES[policy_loss]
+    per_tok, _ = entry.fn(logp, logp.detach(), advantages[rows], mb.completion_mask,
+                          **entry.bind(vars(AlgorithmConfig())))
+    if correction is not None:
+        engine = batch.logprobs[rows, :logp.shape[1]]
+        w, _ = algo.correction_weights(logp.detach(), engine, mb.completion_mask, correction.level, correction.mode,
+                                       correction.lower, correction.upper)
+        per_tok = per_tok * w
     tokens = float(sum(len(completions[i]) for i in rows if in_loss[i]))
     seqs = float(sum(1 for i in rows if in_loss[i]))
     mask = mb.completion_mask & in_loss[rows].unsqueeze(1)
@@ -85,16 +101,80 @@ def direct_gradient(model, batch: RolloutRecord, mode: str, rows=None) -> list[t
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
+def trainer_logprobs(model, batch: RolloutRecord) -> torch.Tensor:
+    """(N, C) the untouched model's log-probs of the batch's completions (pi_old), 0 at padding."""
+    prompts, completions, _, _ = rows_of(batch)
+    mb = pack(list(range(batch.num_rows)), prompts, completions, 0)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(copy.deepcopy(model), mb, 1.0)
+    return torch.where(batch.valid, logp.float(), 0.0)
+
+
+def with_engine_shift(model, batch: RolloutRecord, shift: torch.Tensor) -> RolloutRecord:
+    """The batch as if an engine had reported pi_old's log-probs + shift (N, C) (rho = exp(-shift))."""
+    return dataclasses.replace(batch, logprobs=torch.where(batch.valid, trainer_logprobs(model, batch) + shift, 0.0))
+
+
+# Sequence-level MIS: rows 0 and 3 (mean shifts 1.0 and -1.0, rho 0.37 and 2.7) leave [0.5, 2]
+# and drop out; rows 1 and 2 stay with their geometric-mean weights.
+ROW_SHIFT = torch.tensor([0.9, 0.05, -0.3, -1.0, 0.0, 0.0, 0.0, 0.0])[:, None] + 0.1 * (torch.arange(MAX_LEN) % 3)
+SEQ_MIS = RolloutCorrectionConfig("sequence", "mask")
+
+
+@pytest.mark.parametrize("objective", ["ppo_clip", "gspo", "cispo", "seq_mis"])
 @pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
-def test_one_vs_four_micro_batches_give_the_same_update(base_model, step_batch, mode):
-    one, _ = run_update(base_model, step_batch, micro_batch_size=8, loss_agg=mode)
-    four, m4 = run_update(base_model, step_batch, micro_batch_size=1, loss_agg=mode)
+def test_one_vs_four_micro_batches_give_the_same_update(base_model, step_batch, mode, objective):
+    batch, kwargs, correction = step_batch, {"policy_loss": objective}, None
+    if objective == "seq_mis":
+        batch, kwargs, correction = with_engine_shift(base_model, step_batch, ROW_SHIFT), {}, SEQ_MIS
+        kwargs["rollout_correction"] = correction
+    one, m1 = run_update(base_model, batch, micro_batch_size=8, loss_agg=mode, **kwargs)
+    four, m4 = run_update(base_model, batch, micro_batch_size=1, loss_agg=mode, **kwargs)
     assert max((a - b).abs().max().item() for a, b in zip(one, four)) < 1e-6
     assert sum(a.abs().sum().item() for a in one) > 1e-3  # a real, non-zero update
     # Equal to the objective computed directly over all 8 rows, the zero-advantage ones included.
-    direct = direct_gradient(base_model, step_batch, mode)
+    direct = direct_gradient(base_model, batch, mode, policy_loss=kwargs.get("policy_loss", "ppo_clip"),
+                             correction=correction)
     assert max((a - b).abs().max().item() for a, b in zip(one, direct)) < FP32_ROUNDING
     assert m4["train/rows_trained"] == 4.0  # the 4 zero-advantage rows were never forwarded
+    if objective == "seq_mis":  # rows 0 and 3 (3 + 1 of the 17 trained tokens) were masked out
+        assert m1["mismatch/corrected_frac"] == m4["mismatch/corrected_frac"] == pytest.approx(4 / 17)
+        assert m1["mismatch/seq_out_frac"] == pytest.approx(2 / 4)
+
+
+@pytest.mark.parametrize("objective", ["gspo", "gspo_token", "cispo"])
+def test_one_vs_four_micro_batches_off_policy(base_model, step_batch, objective):
+    # Two passes over two mini-batches: every optimizer step after the first sees a ratio != 1, so
+    # the clipping (GSPO: of whole sequences) and CISPO's weights are exercised.
+    # lr 0.1: the tiny random model still moves far (KL(old || new) ~ 24 nats/token in pass 2), and
+    # four steps amplify RMSNorm's fp32 rounding to ~1e-6 of the update, hence 1e-5 relative.
+    kwargs = {"policy_loss": objective, "num_iterations": 2, "num_mini_batches": 2, "loss_agg": "seq_mean_token_mean"}
+    one, m1 = run_update(base_model, step_batch, micro_batch_size=8, lr=0.1, **kwargs)
+    four, m4 = run_update(base_model, step_batch, micro_batch_size=1, lr=0.1, **kwargs)
+    scale = max(a.abs().max().item() for a in one)
+    assert max((a - b).abs().max().item() for a, b in zip(one, four)) < 1e-5 * scale and scale > 1e-2
+    for key in ("train/clip_frac_low", "train/clip_frac_high", "train/kl_old_new"):
+        assert m1[key] == pytest.approx(m4[key], rel=1e-5, abs=1e-9), key
+    # Some ratios left even CISPO's range.
+    assert m1["train/clip_frac_low"] + m1["train/clip_frac_high"] > 0
+
+
+def test_correction_at_one_pass_reads_the_training_forward(base_model, step_batch):
+    # pi_old for the correction at mu = 1, one mini-batch: the training forward's own detached
+    # log-probs. The path that froze them in a no-grad pass first gives the same update with twice
+    # the forwards (with the shared prompt each log-prob computation is 2 model calls).
+    batch = with_engine_shift(base_model, step_batch, 0.1 * (torch.arange(MAX_LEN) % 3 - 1))  # rho e^0.1, 1, e^-0.1
+    model, calls = copy.deepcopy(base_model), []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    kwargs = {"rollout_correction": RolloutCorrectionConfig("token", "truncate", upper=1.05)}
+    new, m_new = run_update(model, batch, micro_batch_size=8, **kwargs)
+    forwards_new = len(calls)
+    old, m_old = run_update(model, batch, micro_batch_size=8, updater_cls=FrozenOldUpdater, **kwargs)
+    assert (forwards_new, len(calls) - forwards_new) == (2, 4)
+    assert max((a - b).abs().max().item() for a, b in zip(new, old)) < FP32_ROUNDING
+    # Truncated: the tokens at t % 3 == 0 (rho = e^0.1 > 1.05), 7 of the 17 trained.
+    assert m_new["mismatch/corrected_frac"] == m_old["mismatch/corrected_frac"] == pytest.approx(7 / 17)
+    assert m_new["train/tis_weight_mean"] == pytest.approx((7 * 1.05 + 6 * 1.0 + 4 * math.exp(-0.1)) / 17, rel=1e-5)
 
 
 def test_overlong_filter_removes_rows_from_loss_and_normaliser(base_model, step_batch):
@@ -112,7 +192,8 @@ def test_tis_weights_scale_the_gradient_at_the_cap(base_model, step_batch):
     # Engine log-probs far below the trainer's: every ratio pi_trainer / pi_engine exceeds the cap
     # of 2, so each token's weight is exactly 2 and the whole gradient doubles.
     far = dataclasses.replace(step_batch, logprobs=torch.where(step_batch.valid, -60.0, 0.0))
-    tis, metrics = run_update(base_model, far, micro_batch_size=8, tis_cap=2.0)
+    tis, metrics = run_update(base_model, far, micro_batch_size=8,
+                              rollout_correction=RolloutCorrectionConfig("token", "truncate", upper=2.0))
     assert metrics["train/tis_weight_mean"] == pytest.approx(2.0)
     assert max((2 * a - b).abs().max().item() for a, b in zip(plain, tis)) < 1e-9
 
@@ -158,15 +239,10 @@ def test_mismatch_metrics_compare_the_engine_with_pi_old(base_model, step_batch,
     # The "engine" reports pi_old's log-probs (a direct forward of the untouched model) shifted by
     # s = 0.1 * (t % 3) nats at token t. With two passes over two mini-batches, mini-batch 2 of
     # pass 1 runs after an SGD step at lr 1: only frozen old log-probs still give these values.
-    rows = list(range(8))
-    prompts, completions, _, _ = rows_of(step_batch)
-    mb = pack(rows, prompts, completions, 0)
-    with torch.no_grad():
-        logp, _ = completion_logprobs(copy.deepcopy(base_model), mb, 1.0)
-    shift = 0.1 * (torch.arange(logp.shape[1]) % 3)
-    engine = torch.where(step_batch.valid, (logp + shift).float(), 0.0)
-    _, metrics = run_update(base_model, dataclasses.replace(step_batch, logprobs=engine), micro_batch_size=3,
-                            **algo_kwargs)
+    batch = with_engine_shift(base_model, step_batch, 0.1 * (torch.arange(MAX_LEN) % 3))
+    # A band that 0.1 leaves (rho = e^-0.1 = 0.905 < 0.91): monitoring only, no correction.
+    band = RolloutCorrectionConfig(lower=0.91)
+    _, metrics = run_update(base_model, batch, micro_batch_size=3, rollout_correction=band, **algo_kwargs)
     # Rows 4-7 have advantage 0 and are not forwarded: compared are rows 0-3, 3 + 8 + 5 + 1 = 17
     # tokens, whose shifts t % 3 = 0, 1, 2 occur 7, 6, 4 times (row lengths 3, 8, 5, 1).
     # k3 at x = -s: e^-s + s - 1 = 0 (s = 0), 0.00483742 (s = 0.1), 0.01873075 (s = 0.2);
@@ -174,3 +250,9 @@ def test_mismatch_metrics_compare_the_engine_with_pi_old(base_model, step_batch,
     assert metrics["mismatch/tokens"] == 17
     assert metrics["mismatch/kl"] == pytest.approx(0.00611454, rel=1e-4)
     assert metrics["mismatch/max_abs_logp_diff"] == pytest.approx(0.2, abs=1e-5)
+    assert metrics["mismatch/mean_abs_logp_diff"] == pytest.approx((6 * 0.1 + 4 * 0.2) / 17, rel=1e-4)
+    # rho = e^-0.1, e^-0.2 leave [0.91, 2]: 6 + 4 tokens. Row means of the shifts: 0.1 (row 0,
+    # rho 0.905: out), 0.0875, 0.08, 0 (rows 1-3: in).
+    assert metrics["mismatch/token_out_frac"] == pytest.approx(10 / 17)
+    assert metrics["mismatch/seq_out_frac"] == pytest.approx(1 / 4)
+    assert metrics["mismatch/corrected_frac"] == 0.0

@@ -4,6 +4,8 @@
 - advantages: group_advantages (dispatch), grpo_advantages, dr_grpo_advantages,
               rloo_advantages, reinforce_advantages, softmax_advantages
 - loss:       clipped_policy_loss, aggregate_loss, tis_weights
+- objectives: gspo_policy_loss, gspo_token_policy_loss, cispo_policy_loss, sequence_mean
+- correction: correction_weights (rollout correction: token/sequence x truncate/mask), mismatch_stats
 - kl:         kl_estimate, adaptive_kl_beta, logprob_mismatch
 - filters:    informative_groups, overlong_loss_mask, soft_overlong_penalty, group_upweight
 - registry:   ADVANTAGES, POLICY_LOSSES (name -> function tables), register_advantage,
@@ -19,35 +21,45 @@ from .advantages import (
     rloo_advantages,
     softmax_advantages,
 )
+from .correction import CORRECTION_LEVELS, CORRECTION_MODES, correction_weights, mismatch_stats
 from .filters import group_upweight, informative_groups, overlong_loss_mask, soft_overlong_penalty
 from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate, logprob_mismatch
 from .logprobs import entropy_from_logits, selective_log_softmax
 from .loss import AGGREGATIONS, aggregate_loss, clipped_policy_loss, tis_weights
+from .objectives import cispo_policy_loss, gspo_policy_loss, gspo_token_policy_loss, sequence_mean
 from .registry import ADVANTAGES, POLICY_LOSSES, register_advantage, register_policy_loss
 
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "CORRECTION_LEVELS",
+    "CORRECTION_MODES",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "SCALES",
     "adaptive_kl_beta",
     "aggregate_loss",
+    "cispo_policy_loss",
     "clipped_policy_loss",
+    "correction_weights",
     "dr_grpo_advantages",
     "entropy_from_logits",
     "group_advantages",
     "group_upweight",
+    "gspo_policy_loss",
+    "gspo_token_policy_loss",
     "grpo_advantages",
     "informative_groups",
     "kl_estimate",
     "logprob_mismatch",
+    "mismatch_stats",
     "overlong_loss_mask",
     "register_advantage",
     "register_policy_loss",
     "reinforce_advantages",
     "rloo_advantages",
     "selective_log_softmax",
+    "sequence_mean",
     "softmax_advantages",
     "soft_overlong_penalty",
     "tis_weights",

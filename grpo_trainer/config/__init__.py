@@ -22,9 +22,11 @@ from grpo_trainer.config.schema import (
     ModelConfig,
     RewardConfig,
     RolloutConfig,
+    RolloutCorrectionConfig,
     TrainerConfig,
 )
 
 __all__ = ["AlgorithmConfig", "Config", "ConfigError", "DataConfig", "DEFAULT_DIFF_IGNORE", "LoraConfig",
-           "ModelConfig", "RewardConfig", "RolloutConfig", "TrainerConfig", "config_diff", "load_config",
+           "ModelConfig", "RewardConfig", "RolloutConfig", "RolloutCorrectionConfig",
+           "TrainerConfig", "config_diff", "load_config",
            "parse_override", "save_config", "validate"]

@@ -172,13 +172,17 @@ _RANGES = [
     ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
      "trainer.learning_rate trainer.max_grad_norm model.lora.alpha"),
     ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay "
-     "algorithm.overlong_penalty_factor"),
+     "algorithm.overlong_penalty_factor algorithm.gspo_eps_high algorithm.cispo_eps_high"),
     ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.kl_target algorithm.target_kl "
      "trainer.max_mismatch_kl"),
     ("null or a float >= 1", lambda v: v is None or v >= 1, "algorithm.tis_cap"),
+    ("null or a float in [0, 1)", lambda v: v is None or 0 <= v < 1, "algorithm.cispo_eps_low"),
+    ("a float in [0, 1]", lambda v: 0 <= v <= 1, "algorithm.rollout_correction.lower"),
+    ("a float >= 1", lambda v: v >= 1, "algorithm.rollout_correction.upper"),
     ("a float > 0", lambda v: v > 0, "algorithm.softmax_beta"),
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "rollout.top_p rollout.gpu_memory_utilization"),
-    ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low trainer.adam_beta1 trainer.adam_beta2 model.lora.dropout"),
+    ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low algorithm.gspo_eps_low trainer.adam_beta1 "
+     "trainer.adam_beta2 model.lora.dropout"),
     ("null or an integer >= 1", lambda v: v is None or v >= 1, "data.num_examples trainer.micro_batch_tokens"),
     ("null or a float > 1", lambda v: v is None or v > 1, "algorithm.dual_clip_c"),
     ("an integer in 1..4", lambda v: 1 <= v <= 4, "data.difficulty"),
@@ -216,6 +220,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"rollout.sleep=true needs rollout.backend=vllm (got {r.backend!r}): the hf backend "
                           "samples from the policy itself, there is no engine memory to release; "
                           "set rollout.sleep=false")
+    if a.tis_cap is not None:  # the old key: the token/truncate preset of rollout_correction
+        if a.rollout_correction.level is not None:
+            raise ConfigError(f"algorithm.tis_cap={a.tis_cap:g} is the old spelling of algorithm.rollout_correction="
+                              f"{{level: token, mode: truncate, upper: {a.tis_cap:g}}}: set only rollout_correction")
+        a.rollout_correction = dataclasses.replace(a.rollout_correction, level="token", mode="truncate",
+                                                   upper=a.tis_cap)
+        a.tis_cap = None
     cfg.reward.functions = [_reward_spec(i, spec) for i, spec in enumerate(cfg.reward.functions)]
     _check_algorithm(cfg)  # last: the other mistakes are told without waiting for torch
     return cfg

@@ -87,6 +87,18 @@ class RolloutConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Importance weights for the engine/trainer mismatch, rho = pi_trainer / pi_engine
+    (algo/correction.py). [lower, upper] is also the band the always-on mismatch metrics count
+    tokens and sequences outside of, whether or not a correction is on."""
+
+    level: Optional[Literal["token", "sequence"]] = None  # null: no correction; sequence: geometric mean
+    mode: Literal["truncate", "mask"] = "truncate"  # truncate: min(rho, upper) (TIS); mask: 0 outside (MIS)
+    lower: float = 0.5
+    upper: float = 2.0
+
+
+@dataclass
 class AlgorithmConfig:
     advantage: str = algo_names("ADVANTAGES", "grpo")  # a registered estimator (algo/advantages.py)
     # None: the estimator's own default (grpo: group std; dr_grpo, rloo: none).
@@ -96,6 +108,10 @@ class AlgorithmConfig:
     eps_low: float = 0.2
     eps_high: float = 0.2  # > eps_low is DAPO's clip-higher
     dual_clip_c: Optional[float] = None
+    gspo_eps_low: float = 3e-4  # policy_loss gspo / gspo_token: sequence-ratio clip (GSPO paper's values)
+    gspo_eps_high: float = 4e-4
+    cispo_eps_high: float = 0.28  # policy_loss cispo: IS-weight cap 1 + eps_high
+    cispo_eps_low: Optional[float] = None  # null: no lower bound on the IS weight (as MiniMax-M1)
     beta: float = 0.0  # KL coefficient; 0 builds no reference model
     kl_estimator: str = algo_names("KL_ESTIMATORS", "k3")
     # "loss": beta * KL estimator per token in the loss (GRPO); "reward": beta * sum_t k1 taken
@@ -108,7 +124,10 @@ class AlgorithmConfig:
     num_iterations: int = 1  # mu: optimisation passes over one rollout batch
     num_mini_batches: int = 1  # optimizer steps per pass (the rollout batch split in this many)
     target_kl: Optional[float] = None  # stop the passes once KL(old||new) exceeds it
-    tis_cap: Optional[float] = None  # truncated importance sampling: engine vs trainer log-probs
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    # The old spelling of rollout_correction {level: token, mode: truncate, upper: tis_cap}; validate
+    # moves it there (and sets it back to null).
+    tis_cap: Optional[float] = None
     entropy_coef: float = 0.0
     # A row with advantage 0 and no KL/entropy term has exactly zero gradient: skip its forward and
     # backward (it still counts in the loss normalisers). False trains it anyway, as TRL does.
