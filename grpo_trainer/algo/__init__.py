@@ -2,9 +2,11 @@
 
 - logprobs:   selective_log_softmax, entropy_from_logits
 - advantages: group_advantages (dispatch), grpo_advantages, dr_grpo_advantages,
-              rloo_advantages, reinforce_advantages, softmax_advantages
+              rloo_advantages, reinforce_advantages, softmax_advantages, reinforce_pp_advantages,
+              reinforce_pp_baseline_advantages
 - loss:       clipped_policy_loss, aggregate_loss, tis_weights
 - kl:         kl_estimate, adaptive_kl_beta, logprob_mismatch
+- covariance: ENTROPY_CONTROLS, logp_adv_covariance, select_covariance_tokens, cov_controlled_loss
 - filters:    informative_groups, overlong_loss_mask, soft_overlong_penalty, group_upweight
 - registry:   ADVANTAGES, POLICY_LOSSES (name -> function tables), register_advantage,
               register_policy_loss
@@ -16,9 +18,12 @@ from .advantages import (
     group_advantages,
     grpo_advantages,
     reinforce_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
     rloo_advantages,
     softmax_advantages,
 )
+from .covariance import ENTROPY_CONTROLS, cov_controlled_loss, logp_adv_covariance, select_covariance_tokens
 from .filters import group_upweight, informative_groups, overlong_loss_mask, soft_overlong_penalty
 from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate, logprob_mismatch
 from .logprobs import entropy_from_logits, selective_log_softmax
@@ -28,12 +33,14 @@ from .registry import ADVANTAGES, POLICY_LOSSES, register_advantage, register_po
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "ENTROPY_CONTROLS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "SCALES",
     "adaptive_kl_beta",
     "aggregate_loss",
     "clipped_policy_loss",
+    "cov_controlled_loss",
     "dr_grpo_advantages",
     "entropy_from_logits",
     "group_advantages",
@@ -41,12 +48,16 @@ __all__ = [
     "grpo_advantages",
     "informative_groups",
     "kl_estimate",
+    "logp_adv_covariance",
     "logprob_mismatch",
     "overlong_loss_mask",
     "register_advantage",
     "register_policy_loss",
     "reinforce_advantages",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
     "rloo_advantages",
+    "select_covariance_tokens",
     "selective_log_softmax",
     "softmax_advantages",
     "soft_overlong_penalty",
