@@ -131,13 +131,13 @@ def test_zero3(tiny_llama: Path, tmp_path: Path, lora: bool):
         assert len(moved) > len(base) // 2
 
 
-def _one_update(config: str, model: Path, out: Path) -> dict:
+def _one_update(config: str, model: Path, out: Path, *extra: str) -> dict:
     # lr 1e-4, so Adam's first step moves weights by ~1e-4: a 1e-5 tolerance is a tenth of it.
     proc = launch(config, [str(REPO / "tests/one_update.py"), str(out), f"model.name_or_path={model}",
                            f"trainer.output_dir={out.parent / 'run'}", "data.num_examples=16", "rollout.backend=hf",
                            "rollout.num_generations=2", "trainer.prompts_per_step=4", "trainer.micro_batch_size=3",
                            "trainer.learning_rate=1e-4", "trainer.lr_scheduler=constant",
-                           "trainer.mixed_precision='no'"])
+                           "trainer.mixed_precision='no'", *extra])
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out)
 
@@ -158,3 +158,21 @@ def test_one_update_is_the_same_in_one_and_two_processes(tiny_llama: Path, tmp_p
         assert int((gaps > 1e-5).sum()) <= 10 and gaps.max().item() < 1e-4, (config, gaps.max().item())
         assert other["metrics"]["train/grad_norm"] == pytest.approx(single["metrics"]["train/grad_norm"], rel=1e-5)
         assert other["metrics"]["train/loss"] == pytest.approx(single["metrics"]["train/loss"], abs=1e-6)
+
+
+def test_clip_cov_chooses_the_same_tokens_in_one_and_two_processes(tiny_llama: Path, tmp_path: Path):
+    # one_update.py's engine log-probs are all 0, so every cov_t is 0, inside (-1, 1): Clip-Cov draws
+    # int(0.3 * T) of all T tokens at random. Two processes must draw the tokens one process draws
+    # (over the gathered batch, same seed), or the updates differ.
+    extra = ("algorithm.entropy_control=clip_cov", "algorithm.clip_cov_ratio=0.3", "algorithm.clip_cov_low=-1",
+             "algorithm.clip_cov_high=1")
+    single = _one_update("cpu", tiny_llama, tmp_path / "single.pt", *extra)
+    plain = _one_update("cpu", tiny_llama, tmp_path / "plain.pt")
+    assert 0.25 < single["metrics"]["train/cov_controlled_frac"] <= 0.3
+    assert single["metrics"]["train/loss"] != pytest.approx(plain["metrics"]["train/loss"], abs=1e-6)
+    other = _one_update("cpu_ddp", tiny_llama, tmp_path / "ddp.pt", *extra)
+    assert other["metrics"]["train/cov_controlled_frac"] == single["metrics"]["train/cov_controlled_frac"]
+    assert other["metrics"]["train/loss"] == pytest.approx(single["metrics"]["train/loss"], abs=1e-6)
+    assert other["metrics"]["train/grad_norm"] == pytest.approx(single["metrics"]["train/grad_norm"], rel=1e-5)
+    gaps = torch.cat([(other["weights"][k] - single["weights"][k]).abs().flatten() for k in single["weights"]])
+    assert int((gaps > 1e-5).sum()) <= 10 and gaps.max().item() < 1e-4
