@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from transformers import get_scheduler
 
 from grpo_trainer import algo, distributed, lora, stopping
@@ -78,7 +78,8 @@ class GRPOTrainer:
             self.eval_prompts = PromptSet(*render_prompts(self.eval_examples, self.tokenizer, instruction,
                                                           cfg.data.system_prompt, cfg.data.max_prompt_length)[:3])
         self.sampler = PromptSampler(len(self.prompts.examples), seed=cfg.data.seed, rank=acc.process_index,
-                                     world_size=acc.num_processes)
+                                     world_size=acc.num_processes, pass_rate_band=cfg.data.pass_rate_filter,
+                                     cooldown=cfg.data.filter_cooldown)
 
         policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
         if cfg.model.gradient_checkpointing:
@@ -178,12 +179,13 @@ class GRPOTrainer:
                           sampling=self.sampling, algorithm=a, num_prompts=self.local_prompts, stats=stats,
                           seed=lambda r: rollout_seed(cfg.rollout.seed, self.step, r, acc.process_index), timer=timer)
             self.engine.sleep()  # rollout.sleep: the update gets the engine's GPU memory; the push restores it
+            curriculum = self._observe_pass_rates(got.generated) if cfg.data.pass_rate_filter is not None else {}
             record = got.record
             if self.ref is not None and self.beta > 0 and a.kl_mode == "reward":
                 record = self._kl_penalised(record, stats)
             record = record.with_advantages(self._advantages(record.rewards) * got.weight)
             with timer("train"):
-                self.updater.run(record, self.beta, stats)
+                self.updater.run(record, self.beta, stats, seed=cfg.trainer.seed * 1_000_003 + self.step)
                 self.scheduler.step()
             with timer("sync"):
                 self.sync_weights()
@@ -197,6 +199,7 @@ class GRPOTrainer:
         self._log_samples(record)
         metrics.update({k: reduced[k] for k in ("dynamic/gen_rounds", "dynamic/filtered_groups",
                                                  "dynamic/generated_groups", "dynamic/upweight")})
+        metrics.update(curriculum)
         metrics.update({"train/lr": self.scheduler.get_last_lr()[0], "train/beta": self.beta,
                         **{f"time/{k}": v for k, v in timer.seconds.items()}})
         metrics["throughput/rollout_tokens_per_s"] = reduced["rollout/tokens"] / max(timer.seconds["rollout"], 1e-9)
@@ -215,6 +218,18 @@ class GRPOTrainer:
                                     **algo.ADVANTAGES[a.advantage].bind(vars(a)))
         start = sum(counts[:acc.process_index])
         return adv[start:start + rewards.numel()]
+
+    def _observe_pass_rates(self, generated: list[RolloutRecord]) -> dict:
+        """data.pass_rate_filter: this step's pass rate of every prompt drawn on any rank (the share of
+        its group judged correct, or with reward > 0 when no correctness verifier is configured)
+        goes to every rank's sampler, in the same order, so their skip tables stay equal."""
+        pairs = []
+        for r in generated:
+            passed = r.correct if self.reward_fn.judges_correctness else r.rewards > 0
+            rates = passed.to(torch.float32).view(-1, r.group_size).mean(dim=1)
+            pairs += zip(r.example_idx.tolist(), rates.tolist())
+        every = gather_object(pairs)
+        return self.sampler.observe(self.step, [i for i, _ in every], [rate for _, rate in every])
 
     def _kl_penalised(self, record: RolloutRecord, stats: StepStats) -> RolloutRecord:
         """The reward less beta * sum_t (log pi_old - log pi_ref), the k1 KL of each completion;

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from grpo_trainer import algo, distributed
+from grpo_trainer import algo, distributed, entropy_control
 from grpo_trainer.forward import MicroBatch, completion_logprobs, record_micro_batches
 from grpo_trainer.record import RolloutRecord
 from grpo_trainer.step_stats import StepStats
@@ -71,13 +71,14 @@ class PolicyUpdater:
     def _sum(self, *values: float) -> list[float]:
         return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.acc.device), "sum").tolist()
 
-    def update(self, record: RolloutRecord, beta: float) -> dict:
+    def update(self, record: RolloutRecord, beta: float, seed: int = 0) -> dict:
         """`run` and its metrics, reduced on their own (callers without a step's StepStats)."""
         stats = StepStats()
-        self.run(record, beta, stats)
+        self.run(record, beta, stats, seed)
         return self.metrics(stats.reduce(self.acc))
 
-    def run(self, record: RolloutRecord, beta: float, stats: StepStats) -> None:
+    def run(self, record: RolloutRecord, beta: float, stats: StepStats, seed: int = 0) -> None:
+        """`seed`: the step's draw of algorithm.entropy_control=clip_cov (entropy_control.py)."""
         a, acc = self.a, self.acc
         if record.advantages is None:
             raise ValueError("the record has no advantages: set them (record.with_advantages) before the update")
@@ -90,7 +91,11 @@ class PolicyUpdater:
         need_old = self.need_old
         in_loss = record.in_loss.tolist()
         loss_tokens = record.loss_mask.sum(dim=1).tolist()
-        nonzero = (record.advantages != 0).any(dim=1).tolist()
+        control = entropy_control.select_tokens(acc, record, a, seed, stats)  # (N, C) bool or None
+        trained = record.advantages != 0
+        if a.entropy_control == "kl_cov" and need_old:  # its penalty gives a zero-advantage row a gradient
+            trained = trained | control
+        nonzero = trained.any(dim=1).tolist()
         chunks = [[i for i in list(range(n))[k::a.num_mini_batches] if in_loss[i]] for k in range(a.num_mini_batches)]
         # Every mini-batch's normalisers in one collective, before any backward.
         counts = self._sum(*(v for rows in chunks
@@ -118,7 +123,8 @@ class PolicyUpdater:
                 mini["ref"] = [self._logprobs(self.ref, mb) if kl_in_loss else None for mb in mini["mbs"]]
 
         # Per token, on the device once; micro-batches take their rows' slices.
-        rec = {"adv": record.advantages.to(acc.device), "engine": record.logprobs.to(acc.device)}
+        rec = {"adv": record.advantages.to(acc.device), "engine": record.logprobs.to(acc.device),
+               "control": None if control is None else control.to(acc.device)}
         sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",
                               "old_new_tokens", "tis"), 0.0)
         grad_norm, passes, stop = torch.tensor(0.0), 0, False
@@ -170,7 +176,8 @@ class PolicyUpdater:
                 "mismatch/max_abs_logp_diff": tot["update/canary_max_diff"] if seen else math.nan,
                 "mismatch/tokens": tot["update/canary_tokens"], "train/rows_trained": tot["update/rows_trained"],
                 **{f"mismatch/{name}": tot[f"update/canary_{key}"] / max(tot[f"update/canary_{per}"], 1.0)
-                   if seen else math.nan for name, key, per in _MISMATCH_MEANS}}
+                   if seen else math.nan for name, key, per in _MISMATCH_MEANS},
+                **entropy_control.metrics(tot)}
 
     def _step(self, mini: dict, rec: dict, beta: float, sums: dict, canary: dict | None) -> tuple[float, float]:
         """Forward/backward over one mini-batch's micro-batches; returns (sum old-new, tokens)."""
@@ -220,6 +227,9 @@ class PolicyUpdater:
                 seen = canary.get(key, 0.0)
                 canary[key] = max(seen, value) if key == "max_abs_diff" else seen + value
         per_token, stats = self.policy_loss(logp, old, rec["adv"][rows, :C], mask)
+        if rec["control"] is not None:  # algorithm.entropy_control on the step's chosen tokens
+            per_token = algo.cov_controlled_loss(per_token, logp, old, rec["control"][rows, :C], a.entropy_control,
+                                                 a.kl_cov_coef)
         tis_sum = 0.0
         if rc.level is not None:
             per_token = per_token * w

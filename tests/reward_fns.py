@@ -37,6 +37,12 @@ def even_token_fraction(completions, completion_ids, **kwargs):
     return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
 
 
+def first_token_even(completions, completion_ids, **kwargs):
+    # 0/1 per sample on random tiny models: groups pass 0, 1/4, ..., all of the time (the
+    # pass-rate filter's tests).
+    return [float(bool(ids) and ids[0] % 2 == 0) for ids in completion_ids]
+
+
 def by_kind(completions, completion_ids, kind, **kwargs):
     # Dynamic-sampling tests: "right"/"wrong" prompts give all-equal groups (filtered out),
     # "mixed" prompts give varying rewards.

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from grpo_trainer.algo import group_advantages
+from grpo_trainer.algo import group_advantages, reinforce_pp_advantages, reinforce_pp_baseline_advantages
 
 # Two groups of G=3, group-major: prompt 0 -> [1, 2, 3], prompt 1 -> [0, 0, 4].
 REWARDS = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 4.0], dtype=torch.float64)
@@ -70,6 +70,33 @@ def test_reinforce_with_and_without_baseline():
     close(adv, [-0.666667, 0.333333, 1.333333, -1.666667, -1.666667, 2.333333])
 
 
+def test_reinforce_pp_normalises_over_the_whole_batch():
+    # batch mean 5/3, unbiased std sqrt(8/3) = 1.632993 (groups play no role):
+    # [-2/3, 1/3, 4/3, -5/3, -5/3, 7/3] / 1.632993
+    expected = [-0.408248, 0.204124, 0.816497, -1.020621, -1.020621, 1.428869]
+    close(reinforce_pp_advantages(REWARDS, 3, eps=0.0), expected)
+    close(group_advantages(REWARDS, 3, "reinforce_pp"), expected, tol=1e-5)  # eps = 1e-6
+    # = reinforce with the batch-mean baseline, divided by the batch std
+    baseline = group_advantages(REWARDS, 3, "reinforce", baseline=True)
+    close(reinforce_pp_advantages(REWARDS, 1, eps=0.0), (baseline / REWARDS.std()).tolist())
+    # one sample per prompt is fine; an all-equal batch is exactly 0
+    assert torch.equal(group_advantages(torch.tensor([0.3, 0.3]), 1, "reinforce_pp"), torch.zeros(2))
+
+
+def test_reinforce_pp_baseline_divides_group_centred_values_by_their_batch_std():
+    # centred per group: [-1, 0, 1, -4/3, -4/3, 8/3]; their mean is 0, sum of squares 38/3,
+    # unbiased var 38/15 -> std 1.591645 (grpo with scale=batch divides by 1.632993, the raw
+    # rewards' std, instead)
+    expected = [-0.628281, 0.0, 0.628281, -0.837708, -0.837708, 1.675416]
+    close(reinforce_pp_baseline_advantages(REWARDS, 3, eps=0.0), expected)
+    close(group_advantages(REWARDS, 3, "reinforce_pp_baseline"), expected, tol=1e-5)
+    # a constant group is 0 but its zeros count in the std: [0, 0, 0, -1, -1, 2], std sqrt(6/5)
+    r = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 3.0], dtype=torch.float64)
+    close(reinforce_pp_baseline_advantages(r, 3, eps=0.0), [0.0, 0.0, 0.0, -0.912871, -0.912871, 1.825742])
+    assert torch.equal(reinforce_pp_baseline_advantages(torch.tensor([0.1] * 3 + [0.0] * 3), 3, eps=0.0),
+                       torch.zeros(6))
+
+
 def test_softmax_estimator_and_stability():
     # G=2, beta=1, rewards [0, ln 3]: exp -> [1, 3], softmax [0.25, 0.75], minus 1/2 -> [-.25, .25]
     r = torch.tensor([0.0, math.log(3.0)], dtype=torch.float64)
@@ -121,7 +148,7 @@ def test_low_precision_and_integer_rewards_computed_in_fp32():
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="not divisible by group_size=4"):
         group_advantages(REWARDS, 4, "grpo")
-    with pytest.raises(ValueError, match="grpo, dr_grpo, rloo, reinforce, softmax"):
+    with pytest.raises(ValueError, match="grpo, dr_grpo, rloo, reinforce, softmax, reinforce_pp, reinforce_pp_baseline"):
         group_advantages(REWARDS, 3, "ppo")
     with pytest.raises(ValueError, match="group, batch, none, sqrt_g"):
         group_advantages(REWARDS, 3, "grpo", scale="global")

@@ -393,7 +393,8 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
                           "cispo_eps_high, cispo_eps_low, beta, kl_estimator, "
                           "kl_mode, kl_target, ref_reset_every, softmax_beta, reinforce_baseline, num_iterations, "
                           "num_mini_batches, target_kl, rollout_correction, tis_cap, entropy_coef, skip_zero_advantage, dynamic_sampling, max_gen_rounds, "
-                          "overlong_filter, overlong_penalty, overlong_cache_len, overlong_penalty_factor"),
+                          "overlong_filter, overlong_penalty, overlong_cache_len, overlong_penalty_factor, entropy_control, "
+                          "clip_cov_ratio, clip_cov_low, clip_cov_high, kl_cov_ratio, kl_cov_coef"),
 ])
 def test_unknown_keys(override, expected):
     assert error(None, [override]) == expected
@@ -425,7 +426,8 @@ def test_unknown_top_level_key_in_recipe(tmp_path):
     ("rollout.dtype=bf16", "rollout.dtype='bf16' is not allowed: expected one of 'float32', 'bfloat16', 'float16' "
                            "or null (did you mean 'bfloat16'?)"),
     ("algorithm.advantage=grp0", "algorithm.advantage='grp0' is not allowed: expected one of 'grpo', 'dr_grpo', "
-                                 "'rloo', 'reinforce', 'softmax' (did you mean 'grpo'?)"),
+                                 "'rloo', 'reinforce', 'softmax', 'reinforce_pp', 'reinforce_pp_baseline' "
+                                 "(did you mean 'grpo'?)"),
     ("trainer.lr_scheduler=1", "trainer.lr_scheduler=1 is not allowed: expected one of 'cosine', 'linear', 'constant'"),
 ])
 def test_wrong_types(override, expected):

@@ -177,3 +177,21 @@ def test_bf16_autocast_falls_back_to_fp32_on_a_cpu_without_native_bf16(native: b
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"mixed={expected}" in out.stdout
     assert ("no native bf16" in out.stderr) == (not native)
+
+
+def test_clip_cov_chooses_the_same_tokens_in_one_and_two_processes(tiny_llama: Path, tmp_path: Path):
+    # one_update.py's engine log-probs are all 0, so every cov_t is 0, inside (-1, 1): Clip-Cov draws
+    # int(0.3 * T) of all T tokens at random. Two processes must draw the tokens one process draws
+    # (over the gathered batch, same seed), or the updates differ.
+    extra = ("algorithm.entropy_control=clip_cov", "algorithm.clip_cov_ratio=0.3", "algorithm.clip_cov_low=-1",
+             "algorithm.clip_cov_high=1")
+    single = _one_update("cpu", tiny_llama, tmp_path / "single.pt", *extra)
+    plain = _one_update("cpu", tiny_llama, tmp_path / "plain.pt")
+    assert 0.25 < single["metrics"]["train/cov_controlled_frac"] <= 0.3
+    assert single["metrics"]["train/loss"] != pytest.approx(plain["metrics"]["train/loss"], abs=1e-6)
+    other = _one_update("cpu_ddp", tiny_llama, tmp_path / "ddp.pt", *extra)
+    assert other["metrics"]["train/cov_controlled_frac"] == single["metrics"]["train/cov_controlled_frac"]
+    assert other["metrics"]["train/loss"] == pytest.approx(single["metrics"]["train/loss"], abs=1e-6)
+    assert other["metrics"]["train/grad_norm"] == pytest.approx(single["metrics"]["train/grad_norm"], rel=1e-5)
+    gaps = torch.cat([(other["weights"][k] - single["weights"][k]).abs().flatten() for k in single["weights"]])
+    assert int((gaps > 1e-5).sum()) <= 10 and gaps.max().item() < 1e-4

@@ -55,13 +55,14 @@ def test_unregistered_names_are_refused_listing_the_registered_ones(toy_estimato
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["algorithm.advantage=toys"])
     assert str(exc.value) == ("algorithm.advantage='toys' is not allowed: expected one of 'grpo', 'dr_grpo', "
-                              "'rloo', 'reinforce', 'softmax', 'toy' (did you mean 'toy'?)")
+                              "'rloo', 'reinforce', 'softmax', 'reinforce_pp', 'reinforce_pp_baseline', 'toy' "
+                              "(did you mean 'toy'?)")
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["algorithm.policy_loss=gpso"])
     assert str(exc.value) == ("algorithm.policy_loss='gpso' is not allowed: expected one of 'ppo_clip', 'gspo', "
                               "'gspo_token', 'cispo' (did you mean 'gspo'?)")
     with pytest.raises(ValueError, match=r"^unknown advantage estimator 'ppo'; choose one of grpo, dr_grpo, "
-                                         r"rloo, reinforce, softmax, toy$"):
+                                         r"rloo, reinforce, softmax, reinforce_pp, reinforce_pp_baseline, toy$"):
         algo.group_advantages(torch.zeros(2), 2, "ppo")
 
 

@@ -234,6 +234,25 @@ def test_exact_resume_with_vllm(forker, tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_exact_resume_with_the_pass_rate_filter_and_clip_cov(forker, tiny, tmp_path):
+    # 8 prompts, 2 a step: a prompt comes round every 4 steps, and one whose group of 4 did not pass
+    # exactly half the time is passed over for 2 steps; the sampler's skip table and Clip-Cov's
+    # seeded draw must both come back on resume.
+    extra = ("data.num_examples=8", "data.pass_rate_filter=[0.3, 0.7]", "data.filter_cooldown=2",
+             "algorithm.entropy_control=clip_cov", "algorithm.clip_cov_ratio=0.1", "algorithm.clip_cov_low=0",
+             "algorithm.clip_cov_high=100", "reward.functions=[{name: 'tests.reward_fns:first_token_even'}]")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert forker.run(argv(tiny, straight, 6, *extra)) == 0, forker.log.read_text()[-3000:]
+    metrics = rows(straight / "metrics.jsonl")
+    assert any(r["data/passed_over"] > 0 for r in metrics[3:]), metrics  # skips after the resume point
+    assert all(r["train/cov_controlled_frac"] > 0 for r in metrics if r["train/rows_trained"] > 0)
+    assert forker.run(argv(tiny, killed, 6, *extra), {"GRPO_TRAINER_TEST_KILL_AT": "step@4"}) == -signal.SIGKILL
+    assert forker.run(argv(tiny, killed, 6, "resume=auto", *extra)) == 0, forker.log.read_text()[-3000:]
+    assert "at step 3" in forker.log.read_text()
+    same_run(straight, killed, 6)
+
+
+@pytest.mark.slow
 def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(forker, tiny, reference, tmp_path):
     ref, _ = reference
     run = tmp_path / "moved"

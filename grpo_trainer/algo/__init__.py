@@ -2,11 +2,13 @@
 
 - logprobs:   selective_log_softmax, entropy_from_logits
 - advantages: group_advantages (dispatch), grpo_advantages, dr_grpo_advantages,
-              rloo_advantages, reinforce_advantages, softmax_advantages
+              rloo_advantages, reinforce_advantages, softmax_advantages, reinforce_pp_advantages,
+              reinforce_pp_baseline_advantages
 - loss:       clipped_policy_loss, aggregate_loss, tis_weights
 - objectives: gspo_policy_loss, gspo_token_policy_loss, cispo_policy_loss, sequence_mean
 - correction: correction_weights (rollout correction: token/sequence x truncate/mask), mismatch_stats
 - kl:         kl_estimate, adaptive_kl_beta, logprob_mismatch
+- covariance: ENTROPY_CONTROLS, logp_adv_covariance, select_covariance_tokens, cov_controlled_loss
 - filters:    informative_groups, overlong_loss_mask, soft_overlong_penalty, group_upweight
 - registry:   ADVANTAGES, POLICY_LOSSES (name -> function tables), register_advantage,
               register_policy_loss
@@ -18,10 +20,13 @@ from .advantages import (
     group_advantages,
     grpo_advantages,
     reinforce_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
     rloo_advantages,
     softmax_advantages,
 )
 from .correction import CORRECTION_LEVELS, CORRECTION_MODES, correction_weights, mismatch_stats
+from .covariance import ENTROPY_CONTROLS, cov_controlled_loss, logp_adv_covariance, select_covariance_tokens
 from .filters import group_upweight, informative_groups, overlong_loss_mask, soft_overlong_penalty
 from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate, logprob_mismatch
 from .logprobs import entropy_from_logits, selective_log_softmax
@@ -34,6 +39,7 @@ __all__ = [
     "AGGREGATIONS",
     "CORRECTION_LEVELS",
     "CORRECTION_MODES",
+    "ENTROPY_CONTROLS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "SCALES",
@@ -42,6 +48,7 @@ __all__ = [
     "cispo_policy_loss",
     "clipped_policy_loss",
     "correction_weights",
+    "cov_controlled_loss",
     "dr_grpo_advantages",
     "entropy_from_logits",
     "group_advantages",
@@ -51,13 +58,17 @@ __all__ = [
     "grpo_advantages",
     "informative_groups",
     "kl_estimate",
+    "logp_adv_covariance",
     "logprob_mismatch",
     "mismatch_stats",
     "overlong_loss_mask",
     "register_advantage",
     "register_policy_loss",
     "reinforce_advantages",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
     "rloo_advantages",
+    "select_covariance_tokens",
     "selective_log_softmax",
     "sequence_mean",
     "softmax_advantages",

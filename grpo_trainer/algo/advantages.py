@@ -11,6 +11,8 @@ Estimators (``estimator=``):
 - ``rloo``     r_i - mean_{j != i} r_j                    RLOO arXiv 2402.14740 eq. 6
 - ``reinforce`` r_i, or r_i - mean_batch with baseline    REINFORCE (Williams 1992)
 - ``softmax``  exp(beta r_i) / sum_j exp(beta r_j) - 1/G  (softmax-weighted group baseline)
+- ``reinforce_pp``  (r_i - mean_batch) / std_batch         REINFORCE++ arXiv 2501.03262 (global normalisation)
+- ``reinforce_pp_baseline``  c_i / std_batch(c), c_i = r_i - mean_g   REINFORCE++-baseline, same paper
 
 Each is registered by name (``algo/registry.py``); ``group_advantages`` dispatches through that
 table and config validation lists its names, so a new estimator is one decorated function.
@@ -188,6 +190,51 @@ def softmax_advantages(
         raise ValueError(f"softmax_beta must be finite and > 0, got {beta!r}")
     g = as_groups(rewards, group_size)
     out = torch.softmax(beta * g, dim=1) - 1.0 / g.shape[1]
+    return torch.where(_constant_groups(g), torch.zeros_like(out), out).reshape(-1)
+
+
+def _batch_normalised(x: torch.Tensor, eps: float) -> torch.Tensor:  # x: (N,) -> (N,)
+    """(x - mean(x)) / (std(x) + eps) over every value given; exactly 0 when they all agree."""
+    if x.numel() == 0 or bool(x.amax() == x.amin()):
+        return torch.zeros_like(x)
+    return (x - x.mean()) / (_std(x) + eps)
+
+
+@register_advantage("reinforce_pp", grouped=False)
+def reinforce_pp_advantages(
+    rewards: torch.Tensor,  # (N,) group-major, N = B*G: the whole step batch, all processes
+    group_size: int = 1,
+    eps: float = 1e-6,
+) -> torch.Tensor:  # (N,)
+    """REINFORCE++ (arXiv 2501.03262 v9, "Global Advantage Normalization"): the reward
+    normalised over the global batch, (r_i - mean_batch) / (std_batch + eps); no critic, no
+    per-prompt baseline.
+
+    This is ``reinforce`` with ``reinforce_baseline`` (the batch-mean baseline) then divided by the
+    batch std; no ``scale`` preset gives it (``scale=batch`` centres per group). "Batch" is the
+    tensor given: the trainer passes every process's rewards, so the statistics are global. The
+    paper's token-level KL-in-return is not reproduced: with ``kl_mode=reward`` the summed k1 KL
+    is taken off each sequence's reward first (the return at its first token), then normalised.
+    """
+    return _batch_normalised(as_groups(rewards, group_size).reshape(-1), eps)
+
+
+@register_advantage("reinforce_pp_baseline")
+def reinforce_pp_baseline_advantages(
+    rewards: torch.Tensor,  # (N,) group-major, N = B*G: the whole step batch, all processes
+    group_size: int,
+    eps: float = 1e-6,
+) -> torch.Tensor:  # (N,)
+    """REINFORCE++ w/ baseline (arXiv 2501.03262 v9, the k > 1 variant): the group's
+    mean reward is subtracted, c_i = r_i - mean_g, then c is normalised over the global batch,
+    (c_i - mean_batch(c)) / (std_batch(c) + eps); mean_batch(c) is 0 up to rounding.
+
+    Unlike ``grpo`` with ``scale=batch``, which divides by the std of the raw rewards (between-
+    group spread included), the std here is that of the group-centred values: only the spread
+    within groups. A group whose rewards all agree gets exactly 0 (and still counts in the std).
+    """
+    g = as_groups(rewards, group_size)
+    out = _batch_normalised((g - g.mean(dim=1, keepdim=True)).reshape(-1), eps).reshape(g.shape)
     return torch.where(_constant_groups(g), torch.zeros_like(out), out).reshape(-1)
 
 

@@ -165,7 +165,7 @@ _RANGES = [
      "algorithm.num_mini_batches algorithm.max_gen_rounds "
      "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
      "trainer.eval_examples "
-     "trainer.keep_last trainer.max_bad_steps trainer.max_no_reward_steps model.lora.r"),
+     "trainer.keep_last trainer.max_bad_steps trainer.max_no_reward_steps model.lora.r data.filter_cooldown"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
      "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every"),
@@ -180,6 +180,8 @@ _RANGES = [
     ("a float in [0, 1]", lambda v: 0 <= v <= 1, "algorithm.rollout_correction.lower"),
     ("a float >= 1", lambda v: v >= 1, "algorithm.rollout_correction.upper"),
     ("a float > 0", lambda v: v > 0, "algorithm.softmax_beta"),
+    ("a float in (0, 1]", lambda v: 0 < v <= 1, "algorithm.clip_cov_ratio algorithm.kl_cov_ratio"),
+    ("a float >= 0", lambda v: v >= 0, "algorithm.kl_cov_coef"),
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "rollout.top_p rollout.gpu_memory_utilization"),
     ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low algorithm.gspo_eps_low trainer.adam_beta1 "
      "trainer.adam_beta2 model.lora.dropout"),
@@ -227,6 +229,10 @@ def validate(cfg: Config) -> Config:
         a.rollout_correction = dataclasses.replace(a.rollout_correction, level="token", mode="truncate",
                                                    upper=a.tis_cap)
         a.tis_cap = None
+    if a.clip_cov_low >= a.clip_cov_high:
+        raise ConfigError(f"algorithm.clip_cov_low={a.clip_cov_low} must be < algorithm.clip_cov_high="
+                          f"{a.clip_cov_high}: Clip-Cov draws from the tokens with low < cov < high")
+    _check_pass_rate_filter(cfg.data.pass_rate_filter)
     cfg.reward.functions = [_reward_spec(i, spec) for i, spec in enumerate(cfg.reward.functions)]
     _check_algorithm(cfg)  # last: the other mistakes are told without waiting for torch
     return cfg
@@ -246,6 +252,16 @@ def _check_algorithm(cfg: Config) -> None:
         raise ConfigError(
             f"algorithm.scale={a.scale!r} does not apply to algorithm.advantage={a.advantage!r}: set "
             f"algorithm.scale=null (scale is for {', '.join(scaled)})")
+
+
+def _check_pass_rate_filter(band: Any) -> None:
+    if band is None:
+        return
+    ok = (isinstance(band, list) and len(band) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band))
+    if not ok or not 0 <= band[0] <= band[1] <= 1:
+        raise ConfigError(f"data.pass_rate_filter={show(band)} is invalid: expected null (off) or [low, high] "
+                          "with 0 <= low <= high <= 1, e.g. [0.1, 0.9] (prompts passed outside it are skipped)")
 
 
 def _reward_spec(i: int, spec: Any) -> dict:

@@ -62,6 +62,11 @@ class DataConfig:
     max_prompt_length: int = 256
     # Held-out set for trainer.eval_every: None uses `source` with split "test".
     eval_source: Optional[str] = None
+    # Online difficulty filter (data/sampler.py): [low, high], a pass-rate band; a prompt whose latest
+    # group passed (correct, or reward > 0 without a correctness verifier) outside it is not drawn
+    # for the next filter_cooldown steps and the sampler draws others instead. null: off.
+    pass_rate_filter: Optional[list] = None
+    filter_cooldown: int = 10
 
 
 @dataclass
@@ -141,6 +146,14 @@ class AlgorithmConfig:
     overlong_penalty: bool = False  # DAPO eq. 13 soft length penalty added to the reward
     overlong_cache_len: int = 32  # L_cache: the penalty ramps over the last L_cache tokens
     overlong_penalty_factor: float = 1.0
+    # Entropy-collapse control (arXiv 2505.22617; algo/covariance.py): "clip_cov" detaches, "kl_cov"
+    # KL-penalises, the loss tokens with the largest log-prob x advantage covariance in the step.
+    entropy_control: str = algo_names("ENTROPY_CONTROLS", "none")
+    clip_cov_ratio: float = 2e-4  # fraction of loss tokens Clip-Cov detaches, drawn from those with
+    clip_cov_low: float = 1.0  # clip_cov_low < cov < clip_cov_high
+    clip_cov_high: float = 5.0
+    kl_cov_ratio: float = 2e-3  # fraction of loss tokens KL-Cov penalises: those of largest cov
+    kl_cov_coef: float = 1.0  # the penalty kl_cov_coef * |log pi - log pi_old| on them
 
 
 @dataclass

@@ -125,6 +125,11 @@ class RewardComputer:
         # Started now so the workers' sympy import overlaps the caller's own start-up.
         self._pool = VerifierPool(num_workers, timeout_s, memory_mb) if needs_pool else None
 
+    @property
+    def judges_correctness(self) -> bool:
+        """Whether a correctness verifier (gsm8k, math, ...) decides each sample's `correct`."""
+        return self._correct_i is not None
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
