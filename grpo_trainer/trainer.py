@@ -120,7 +120,7 @@ class GRPOTrainer:
                 gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep)
             dtype = getattr(self.engine, "weight_dtype", None)  # vLLM's own: a CPU without bf16 falls back to fp32
-            phase.result = "ready" + (f" ({str(dtype).removeprefix('torch.')})" if dtype is not None else "")
+            phase.result = "ready" + (f" in {str(dtype).removeprefix('torch.')}" if dtype is not None else "")
         torch.set_num_threads(self.threads)  # engines lower it for serving
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.reward_guard = RewardGuard(t.max_no_reward_steps)
