@@ -11,11 +11,23 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from grpo_trainer import console
+
 # The columns of the one-line console summary per step, in order.
 CONSOLE = [("reward/mean", "reward"), ("reward/accuracy", "acc"), ("reward/format", "fmt"),
            ("completion/len_mean", "len"), ("train/kl", "kl"), ("train/entropy", "ent"),
            ("mismatch/kl", "mis_kl"),  # engine vs trainer, k3 nats/token: ~1e-3 is bf16 sampling, > 0.1 stale weights
-           ("eval/accuracy", "eval_acc"), ("time/step", "s")]
+           ("eval/accuracy", "eval_acc"), ("time/step", "s"), ("throughput/rollout_tokens_per_s", "tok/s")]
+
+
+def clock(seconds: float) -> str:
+    """65.2 -> '1m05s', 3725 -> '1h02m', 9.4 -> '9s'."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class PhaseTimer:
@@ -52,6 +64,7 @@ class MetricsLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
         self.bar = None
+        self.started, self.start_step = time.perf_counter(), 0
 
     def begin(self, start_step: int) -> None:
         if not self.enabled:
@@ -61,7 +74,11 @@ class MetricsLogger:
         self.history = [row for row in _read_jsonl(self.metrics_path) if row.get("step", 0) <= start_step]
         _write_jsonl(self.metrics_path, self.history)
         _write_jsonl(self.samples_path, [r for r in _read_jsonl(self.samples_path) if r.get("step", 0) <= start_step])
-        self.bar = tqdm(total=self.max_steps, initial=start_step, desc="GRPO", unit="step", dynamic_ncols=True)
+        self.started, self.start_step = time.perf_counter(), start_step
+        # A bar only on a terminal: in a log file its redraws are \r-separated padding before each line.
+        if console.out().isatty():
+            self.bar = tqdm(total=self.max_steps, initial=start_step, desc="GRPO", unit="step", dynamic_ncols=True,
+                            file=console.out())
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -72,12 +89,18 @@ class MetricsLogger:
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         parts = [f"{short}={row[key]:.3g}" for key, short in CONSOLE if isinstance(row.get(key), (int, float))]
-        line = f"step {step:4d} | " + " ".join(parts)
+        line = f"step {step:4d} | " + " ".join(parts) + " | " + self.timing(step)
         if self.bar is None:
-            print(line, flush=True)
+            console.line(line)
         else:
-            self.bar.write(line)
+            self.bar.write(line, file=console.out())
             self.bar.update(1)
+
+    def timing(self, step: int) -> str:
+        """Wall time since `begin` and the remaining steps at this session's mean step time."""
+        elapsed = time.perf_counter() - self.started
+        done = max(step - self.start_step, 1)
+        return f"elapsed {clock(elapsed)}, eta {clock(elapsed / done * max(self.max_steps - step, 0))}"
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if not self.enabled or not samples:

@@ -6,6 +6,7 @@ Each check raises ConfigError (a ValueError) whose message names the problem and
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,13 +25,15 @@ RESUME_MAY_CHANGE = SAME_RUN_IGNORE + (
     "trainer.eval_every", "trainer.eval_examples", "data.eval_source")
 
 
-def preflight(cfg: Config) -> None:
-    check_output_dir(cfg)
+def preflight(cfg: Config) -> Path | None:
+    """All checks; returns the verified checkpoint the run would resume from (None: fresh)."""
+    resume_from = check_output_dir(cfg)
     check_writable(cfg)
     check_rewards(cfg)
     check_data(cfg)
     check_model(cfg)
     check_engine(cfg)
+    return resume_from
 
 
 def _covered(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -44,7 +47,7 @@ def _differences(saved: Path, cfg: Config, ignore: tuple[str, ...]) -> list[str]
         return [f"{saved.name} (unreadable by this version)"]
 
 
-def check_output_dir(cfg: Config) -> None:
+def check_output_dir(cfg: Config) -> Path | None:
     run = Path(cfg.trainer.output_dir)
     where = f"trainer.output_dir={str(run)!r}"
     if run.exists() and not run.is_dir():
@@ -63,9 +66,9 @@ def check_output_dir(cfg: Config) -> None:
             raise ConfigError(f"cannot resume: the run in {str(saved.parent)!r} was made with a different "
                               f"config (differs in: {', '.join(diff[:6])}); restore those values, or start "
                               "fresh with trainer.overwrite=true or another trainer.output_dir")
-        return
+        return path
     if cfg.trainer.overwrite or not run.is_dir():
-        return
+        return None
     diff = _differences(saved, cfg, SAME_RUN_IGNORE) if saved.is_file() else []
     checkpoints = list_checkpoints(run)
     # Offer only what the checks would then accept: resume=auto is refused while a key outside
@@ -81,6 +84,18 @@ def check_output_dir(cfg: Config) -> None:
         raise ConfigError(f"{where} already holds checkpoints of this run (newest: step {checkpoints[-1][0]}); "
                           "pass resume=auto to continue it, trainer.overwrite=true to start over, or another "
                           "trainer.output_dir")
+    return None
+
+
+def checkpoint_step(path: Path | None) -> int:
+    """The step a verified checkpoint was saved at (0: none), read without loading it."""
+    if path is None:
+        return 0
+    try:
+        return int(json.loads((path / "trainer_state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{path}/trainer_state.json cannot be read ({exc}); pass another checkpoint, or "
+                          "resume=auto after moving this one away") from None
 
 
 def check_writable(cfg: Config) -> None:

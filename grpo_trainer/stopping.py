@@ -30,6 +30,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from grpo_trainer import console
 from grpo_trainer.runlock import is_main_rank
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -56,9 +57,8 @@ class RunStopped(Exception):
 
 
 def _say(text: str) -> None:
-    # os.write, not print: the handler may interrupt a print, and a buffered stream is not reentrant.
-    if is_main_rank():
-        os.write(2, (text + "\n").encode())
+    if is_main_rank():  # the terminal, also while a run's fds 1 and 2 are its log file
+        console.write_from_signal_handler(text)
 
 
 def _handle(signum: int, frame) -> None:

@@ -22,7 +22,7 @@ import torch
 from accelerate.utils import gather_object, set_seed
 from transformers import get_scheduler
 
-from grpo_trainer import algo, distributed, lora, stopping
+from grpo_trainer import algo, console, distributed, lora, stopping
 from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
@@ -56,16 +56,19 @@ class GRPOTrainer:
         self.threads = t.torch_threads or torch.get_num_threads()
         self.run_dir = Path(t.output_dir)
 
-        with acc.main_process_first():  # one process converts/downloads, the others reuse it
-            self.model_path = resolve_model_path(cfg.model.name_or_path)
-        self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
+        with console.phase(f"finding model {cfg.model.name_or_path} and its tokenizer"):
+            with acc.main_process_first():  # one process converts/downloads, the others reuse it
+                self.model_path = resolve_model_path(cfg.model.name_or_path)
+            self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
 
         # Data: every process renders all prompts; the sampler hands each its own share.
-        examples = load_examples(cfg.data.source, cfg.data.split, cfg.data.num_examples, cfg.data.seed,
-                                 cfg.data.difficulty, cfg.data.question_key, cfg.data.answer_key)
-        instruction = cfg.data.instruction or DEFAULT_INSTRUCTION
-        kept, texts, ids, dropped = render_prompts(examples, self.tokenizer, instruction, cfg.data.system_prompt,
-                                                   cfg.data.max_prompt_length)
+        with console.phase(f"loading data ({cfg.data.source})") as phase:
+            examples = load_examples(cfg.data.source, cfg.data.split, cfg.data.num_examples, cfg.data.seed,
+                                     cfg.data.difficulty, cfg.data.question_key, cfg.data.answer_key)
+            instruction = cfg.data.instruction or DEFAULT_INSTRUCTION
+            kept, texts, ids, dropped = render_prompts(examples, self.tokenizer, instruction, cfg.data.system_prompt,
+                                                       cfg.data.max_prompt_length)
+            phase.result = f"{len(kept)} prompts"
         self.prompts = PromptSet(kept, texts, ids)
         if dropped:
             log.warning("dropped %d prompts longer than data.max_prompt_length=%d", dropped, cfg.data.max_prompt_length)
@@ -81,7 +84,8 @@ class GRPOTrainer:
                                      world_size=acc.num_processes, pass_rate_band=cfg.data.pass_rate_filter,
                                      cooldown=cfg.data.filter_cooldown)
 
-        policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
+        with console.phase(f"loading model {self.model_path} ({cfg.model.dtype})"):
+            policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         policy = lora.wrap(policy, cfg.model.lora, cfg.model.gradient_checkpointing)
@@ -89,8 +93,9 @@ class GRPOTrainer:
         # With LoRA it is the policy with its adapters off; under ZeRO-3 it is sharded too.
         self.ref = None
         if a.beta > 0:
-            self.ref = lora.AdapterDisabled(policy) if cfg.model.lora.enabled else distributed.prepare_reference(
-                acc, load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code))
+            with console.phase("loading the reference model"):
+                self.ref = lora.AdapterDisabled(policy) if cfg.model.lora.enabled else distributed.prepare_reference(
+                    acc, load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code))
         if a.ref_reset_every and (cfg.model.lora.enabled or distributed.zero_stage(acc) == 3):
             raise ValueError("algorithm.ref_reset_every needs a full reference copy: it does not combine with "
                              "model.lora.enabled or ZeRO-3; set algorithm.ref_reset_every=0")
@@ -108,12 +113,15 @@ class GRPOTrainer:
                                          format_gated=cfg.reward.format_gated)
         self.sampling = SamplingConfig(r.num_generations, r.max_completion_length, r.temperature, r.top_p, r.top_k)
         max_prompt = max(len(p) for p in self.prompts.ids)
-        self.engine = make_engine(
-            r.backend, model_path=self.model_path, policy=acc.unwrap_model(self.model),
-            dtype=r.dtype or cfg.model.dtype,
-            seed=r.seed, max_model_len=max_prompt + r.max_completion_length, kv_cache_gib=r.kv_cache_gib,
-            gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep)
+        with console.phase(f"starting {r.backend} engine ({r.dtype or cfg.model.dtype})") as phase:
+            self.engine = make_engine(
+                r.backend, model_path=self.model_path, policy=acc.unwrap_model(self.model),
+                dtype=r.dtype or cfg.model.dtype,
+                seed=r.seed, max_model_len=max_prompt + r.max_completion_length, kv_cache_gib=r.kv_cache_gib,
+                gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep)
+            dtype = getattr(self.engine, "weight_dtype", None)  # vLLM's own: a CPU without bf16 falls back to fp32
+            phase.result = "ready" + (f" in {str(dtype).removeprefix('torch.')}" if dtype is not None else "")
         torch.set_num_threads(self.threads)  # engines lower it for serving
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.reward_guard = RewardGuard(t.max_no_reward_steps)
@@ -144,6 +152,7 @@ class GRPOTrainer:
             log.info("run in %s already finished at step %d; nothing to do", self.run_dir, self.step)
             return []
         self.logger.begin(self.step)
+        console.stamped(f"rolling out step {self.step + 1} …")
         stopping.defer()  # a SIGINT/SIGTERM from here on stops the run at the end of a step
         try:
             while self.step < cfg.trainer.max_steps:
@@ -169,7 +178,7 @@ class GRPOTrainer:
             if self._eval_reward_fn not in (None, self.reward_fn):
                 self._eval_reward_fn.close()
         if acc.is_main_process:
-            print(self.logger.summary(), flush=True)
+            console.line(self.logger.summary())
         return self.logger.history
 
     def train_step(self) -> dict:
@@ -301,6 +310,11 @@ class GRPOTrainer:
                                self.cfg.trainer.keep_last)
 
     def _resume(self, path: Path) -> None:
+        with console.phase(f"loading {path.name} and pushing its weights to the engine"):
+            self._load(path)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _load(self, path: Path) -> None:
         state = load_checkpoint(self.acc, path, self.model)
         self.step = int(state["step"])
         for name, obj in self.stateful.items():
@@ -308,4 +322,3 @@ class GRPOTrainer:
                 obj.load_state_dict(state[name])
         self.beta = float(state.get("beta", self.cfg.algorithm.beta))
         self.sync_weights()  # the engine started from the base weights
-        log.info("resumed from %s at step %d", path, self.step)

@@ -78,11 +78,22 @@ def test_format_table():
         ["GRPO", "step", "skipped"]]
 
 
-def test_quick_defaults_and_missing_data_fallback(capsys):
-    args = parse_args(["--quick", "--data", "/nonexistent/train.jsonl", "--G", "3"])
+def test_quick_defaults_stay_inside_the_repository_and_cwd():
+    args = parse_args(["--quick", "--G", "3"])
     assert (args.prompts, args.G, args.max_tokens, args.steps) == (QUICK["prompts"], 3, QUICK["max_tokens"], 1)
     assert args.data == "synthetic" and args.rollout_dtype == "float32"
-    assert "not found" in capsys.readouterr().err
+    out = Path(args.output)
+    assert not out.is_absolute() and out.parent == Path("runs/bench") and out.suffix == ".json"
+
+
+def test_a_wrong_data_path_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--quick", "--data", "/nonexistent/train.jsonl"])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "error: --data '/nonexistent/train.jsonl' is not a file: pass a GSM8K-format .jsonl or 'synthetic'"]
 
 
 def test_step_config_matches_the_comparison(tmp_path: Path):
@@ -102,16 +113,18 @@ def test_step_config_matches_the_comparison(tmp_path: Path):
 
 @pytest.mark.slow
 def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
-    out = tmp_path / "bench.json"
     # Without VLLM_ENABLE_V1_MULTIPROCESSING (conftest sets it): the engine must set it itself, vLLM's
     # variables being rollout/'s business, not the benchmark's.
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run([sys.executable, "-m", "grpo_trainer.bench", "--quick", "--skip-step", "--model",
-                           str(tiny_llama), "--data", "synthetic", "--output", str(out)],
+                           str(tiny_llama)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # By default: synthetic data, and the JSON under runs/bench/ of the current directory.
+    [out] = (tmp_path / "runs/bench").glob("bench-*.json")
     res = json.loads(out.read_text())
+    assert res["config"]["data"] == "synthetic"
     P, G, T = QUICK["prompts"], QUICK["G"], QUICK["max_tokens"]
     for name in ("vllm", "hf"):
         r = res["rollout"][name]
@@ -131,7 +144,7 @@ def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
     assert tr["flops"] == pytest.approx(6 * 6_587_008 * tr["tokens"], rel=1e-5)
     assert tr["tokens_per_s"] > 0 and tr["flops_per_s"] > 0 and tr["peak_fraction"] > 0
     assert tr["gemm_peak_flops_per_s"]["float32"] > 0 and tr["gemm_peak_flops_per_s"]["bfloat16"] > 0
-    # fp32 weights pushed to the engine: 6_587_008 * 4 bytes
+    # fp32 weights pushed to an fp32 engine: 6_587_008 * 4 bytes
     assert res["sync"]["bytes"] == 26_348_032 and res["sync"]["seconds"] > 0
     assert res["step"] is None
     assert res["machine"]["cores"] > 0 and res["machine"]["torch"]

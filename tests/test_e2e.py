@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,10 @@ def tiny_overrides(model: Path, out: Path, steps: int) -> list[str]:
             "{name: format, weight: 0.5}]"]
 
 
+# The trainer's own console lines: stamped phases and records, step lines, the closing summary.
+PROJECT_LINE = re.compile(r"^(\d\d:\d\d:\d\d |step +\d+ \| |steps \d+\.\.\d+ |  [a-z_]+/[a-z_]+ +-?\d)")
+
+
 def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -43,6 +48,18 @@ def test_two_steps_checkpoint_and_resume(tiny_llama: Path, tmp_path: Path):
     proc = launch(["--recipe", str(REPO / "recipes/quickstart.yaml"), *tiny_overrides(tiny_llama, run, 2),
                    "trainer.eval_every=2", "trainer.eval_examples=4"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Quiet by default: vLLM, transformers, torch and accelerate write to the run's log file.
+    lines = (proc.stdout + proc.stderr).splitlines()
+    other = [line for line in lines if not PROJECT_LINE.match(line)]
+    assert len(other) <= 3, other
+    assert sum(line.startswith("step ") for line in lines) == 2
+    log = (run / "logs/third_party.rank0.log").read_text()
+    assert "vllm" in log.lower()
+    # Weights pushed in the engine's dtype (bf16 on a CPU with native bf16, else fp32): a bf16 vLLM
+    # warns about a conversion only while it loads the fp32 checkpoint itself at start-up, once per
+    # tensor, not again at each of the pushes.
+    converted = re.findall(r"Attempted to load weight (\S+) with dtype torch.float32", log)
+    assert len(converted) == len(set(converted)), len(converted)
 
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
@@ -76,6 +93,7 @@ def test_two_steps_checkpoint_and_resume(tiny_llama: Path, tmp_path: Path):
                    "resume=auto"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already finished at step 3" in proc.stderr
+    assert "engine" not in proc.stdout + proc.stderr  # told before the model and the engine load
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
 
 

@@ -58,3 +58,36 @@ def test_bf16_engine_samples_in_fp32_on_a_cpu_without_native_bf16(tiny_llama: Pa
         assert engine.llm.llm_engine.model_config.dtype == expected
     finally:
         engine.close()
+
+
+def _engine_params(engine) -> dict[str, torch.Tensor]:
+    [params] = engine.llm.collective_rpc(
+        lambda worker: {n: p.detach().clone() for n, p in worker.model_runner.get_model().named_parameters()})
+    return params
+
+
+@pytest.mark.slow
+def test_weights_cast_before_a_bf16_push_equal_vllms_own_conversion(tiny_llama: Path, monkeypatch):
+    """The push casts fp32 weights to the engine's bf16 itself (half the bytes, no per-tensor
+    warning): the engine must end up holding exactly what its own loader made of the same fp32
+    checkpoint at start-up."""
+    # A bf16 engine even on a CPU without native bf16 (slow there, but the model is tiny).
+    monkeypatch.setattr("grpo_trainer.rollout.vllm_engine.cpu_has_native_bf16", lambda: True)
+    engine = make_engine("vllm", model_path=str(tiny_llama), dtype="bfloat16", seed=0, max_model_len=128,
+                         kv_cache_gib=1)
+    assert engine.weight_dtype == torch.bfloat16
+    loaded = _engine_params(engine)  # vLLM's conversion of the fp32 checkpoint
+    policy = load_causal_lm(str(tiny_llama))  # the same fp32 weights, in the trainer
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    engine.load_weights(iter_full_weights(policy))
+    moved = _engine_params(engine)
+    assert not all(torch.equal(loaded[k], moved[k]) for k in loaded)  # the push reached the engine
+    policy = load_causal_lm(str(tiny_llama))
+    engine.load_weights(iter_full_weights(policy))
+    pushed = _engine_params(engine)
+    assert loaded.keys() == pushed.keys() and all(p.dtype == torch.bfloat16 for p in pushed.values())
+    assert all(torch.equal(loaded[k], pushed[k]) for k in loaded), [k for k in loaded
+                                                                    if not torch.equal(loaded[k], pushed[k])]
+    engine.close()

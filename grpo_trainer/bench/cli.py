@@ -8,11 +8,16 @@
    (`--only step`) so that the trainer's own vLLM engine never shares a process with part 1's,
    and so that its peak RSS is the trainer's alone.
 
-    python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--output bench.json]
+    python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--data FILE] [--output PATH]
 
-Prints a table and writes JSON. Timings on a shared machine are noisy: `machine.loadavg` records
-the load when the run started, and each `cores_used` (CPU seconds / wall seconds of this process)
-how much of the machine a measurement actually got.
+Prints a table and writes JSON, by default to runs/bench/bench-YYYYMMDD-HHMMSS.json under the
+current directory. The default data are the built-in synthetic GSM8K-style problems; the README's
+figures use `--data ../shared/data/gsm8k/train.jsonl`, the file TRL's baseline reads. A --data path
+that is not a file is one `error:` line and exit code 2, not a silent switch to other prompts.
+
+Timings on a shared machine are noisy: `machine.loadavg` records the load when the run started,
+and each `cores_used` (CPU seconds / wall seconds of this process) how much of the machine a
+measurement actually got.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from grpo_trainer.bench.measure import Clock, gemm_peaks, time_rollout, time_sync, time_train
 from grpo_trainer.bench.report import PHASES, format_table, machine_info, median, to_json
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = REPO.parent / "shared/data/gsm8k/train.jsonl"
+DEFAULT_OUTPUT_DIR = Path("runs/bench")  # relative to the current directory, like recipes' runs/...
 # The instruction of ../shared/bench/trl_grpo_baseline.py, so both frameworks see the same prompts.
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 # Sizes (the first four are also flags); --quick is for the test on a tiny random model.
@@ -174,7 +180,8 @@ def run_parts_1_to_3(args) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m grpo_trainer.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct", help="bundled alias, HF directory or hub id")
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="a GSM8K-format jsonl, or 'synthetic'")
+    ap.add_argument("--data", default="synthetic",
+                    help="a GSM8K-format jsonl, or 'synthetic' (default: the built-in generated problems)")
     for key in ("prompts", "G", "max_tokens", "steps"):
         ap.add_argument(f"--{key.replace('_', '-')}", type=int,
                         help=f"default {NORMAL[key]} ({QUICK[key]} with --quick)")
@@ -188,7 +195,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="forward/backward every row, zero-advantage ones too (TRL's work); default: skip those")
     ap.add_argument("--quick", action="store_true", help="tiny settings, for the test")
     ap.add_argument("--only", choices=["step"], help=argparse.SUPPRESS)  # the part-4 child process
-    ap.add_argument("--output", default="bench.json")
+    ap.add_argument("--output", help=f"the JSON file (default: {DEFAULT_OUTPUT_DIR}/bench-YYYYMMDD-HHMMSS.json "
+                                     "under the current directory)")
     args = ap.parse_args(argv)
     for key, value in (QUICK if args.quick else NORMAL).items():
         if getattr(args, key, None) is None:
@@ -197,9 +205,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--prompts, --G, --max-tokens and --steps must be >= 1")
     args.rollout_dtype = args.rollout_dtype or args.dtype
     if args.data != "synthetic" and not Path(args.data).is_file():
-        print(f"[bench] {args.data} not found: using the built-in synthetic GSM8K-style problems instead "
-              "(pass --data PATH to a GSM8K jsonl)", file=sys.stderr)
-        args.data = "synthetic"
+        print(f"error: --data {args.data!r} is not a file: pass a GSM8K-format .jsonl or 'synthetic'",
+              file=sys.stderr)
+        raise SystemExit(2)
+    if args.output is None:
+        args.output = str(DEFAULT_OUTPUT_DIR / time.strftime("bench-%Y%m%d-%H%M%S.json"))
     return args
 
 
@@ -217,6 +227,7 @@ def main(argv=None) -> dict:
     if not args.skip_step:
         print("[bench] GRPO steps (child process)", file=sys.stderr, flush=True)
         result["step"] = run_steps_child(args)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(to_json(result) + "\n")
     print(format_table(result), flush=True)
     print(f"[bench] wrote {args.output}", file=sys.stderr)

@@ -98,13 +98,14 @@ def time_sync(engine, model, repeats: int) -> dict:
     from grpo_trainer.weights import iter_full_weights
 
     times, moved = [], 0
+    dtype = getattr(engine, "weight_dtype", None)  # the engine's own: it receives the weights cast
     for _ in range(repeats):
         moved = 0
 
         def counted():
             nonlocal moved
             for name, t in iter_full_weights(model):
-                moved += t.numel() * t.element_size()
+                moved += t.numel() * (dtype.itemsize if dtype is not None else t.element_size())
                 yield name, t
 
         t0 = time.perf_counter()

@@ -64,6 +64,7 @@ class VLLMEngine(RolloutEngine):
                        logprobs_mode="processed_logprobs", **kwargs)
         # The engine lowers torch's thread count for serving; the trainer needs every core back.
         torch.set_num_threads(threads)
+        self.weight_dtype: torch.dtype = self.llm.llm_engine.model_config.dtype
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
         from vllm import SamplingParams
@@ -101,9 +102,13 @@ class VLLMEngine(RolloutEngine):
             self.llm.wake_up(tags=["weights"])
         # Streamed, not collected into a list: the in-process engine consumes the iterator inside
         # this call, so at most one gathered/merged tensor exists at a time (ZeRO-3, LoRA).
+        # Cast here, in the engine's dtype (bf16: half the bytes of fp32 weights): vLLM's loaders
+        # copy_() into parameters of that dtype, which rounds the same way, but warn once per tensor.
+        cast = ((name, t.to(self.weight_dtype)) for name, t in named_tensors)
+
         def _reload(worker):
             # `model.load_weights` is not wired on the CPU build; `reload_weights` is, on both.
-            worker.model_runner.reload_weights(weights_iterator=iter(named_tensors))
+            worker.model_runner.reload_weights(weights_iterator=cast)
             _refresh_cpu_embedding_gemms(worker.model_runner.get_model())
 
         self.llm.collective_rpc(_reload)

@@ -23,6 +23,13 @@ def quiet_startup_logs() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
+def route_logs_to_python_logging() -> None:
+    """Let vLLM's records reach the root logger (a training run's log file, grpo_trainer/console.py)
+    instead of vLLM's own stdout handler, at INFO so that the file holds the engine's start-up.
+    Like the level, vLLM reads this when it is first imported; a value the user set is kept."""
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+
+
 def gather_objects(obj: Any, rank: int, world: int) -> list[Any]:
     """Every process's `obj`, in rank order; `rank`/`world` are used when no group is live (from
     RANK/WORLD_SIZE, as accelerate launch and torchrun set them).
