@@ -191,6 +191,7 @@ _RANGES = [
     ("a non-empty list", lambda v: len(v) >= 1, "reward.functions model.lora.target_modules"),
 ]
 
+REPORTERS = ("tensorboard", "wandb")  # trainer.report_to: grpo_trainer/live.py writes each
 _REWARD_KEYS = ("name", "weight", "kwargs", "label")
 _REWARD_FORM = "{name: <verifier or module.path:function>, weight: <float>, kwargs: {...}, label: <optional str>}"
 
@@ -216,6 +217,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"rollout.sleep=true needs rollout.backend=vllm (got {r.backend!r}): the hf backend "
                           "samples from the policy itself, there is no engine memory to release; "
                           "set rollout.sleep=false")
+    unknown = [x for x in cfg.trainer.report_to if x not in REPORTERS]
+    if unknown:
+        raise ConfigError(f"trainer.report_to={show(cfg.trainer.report_to)} names {show(unknown[0])}: expected "
+                          f"a list of {', '.join(map(repr, REPORTERS))} (or [] for neither)")
     cfg.reward.functions = [_reward_spec(i, spec) for i, spec in enumerate(cfg.reward.functions)]
     _check_algorithm(cfg)  # last: the other mistakes are told without waiting for torch
     return cfg
