@@ -39,7 +39,8 @@ def sample_records(record: RolloutRecord, rows: list[int], prompts, tokenizer, c
             "parsed": record.parsed[i] if record.parsed is not None else None,
             "correct": None if record.correct is None else bool(record.correct[i]),
             "formatted": None if record.formatted is None else bool(record.formatted[i]),
-            "advantage": None if adv is None or n == 0 else adv.mean().item(),
+            # Sequence-level estimators broadcast one value over the row: its first token's.
+            "advantage": None if adv is None or n == 0 else adv[0].item(),
             "tokens": [tokenizer.decode([t]) for t in ids],
             "token_advantages": None if adv is None else adv.tolist(),
             "engine_logp": record.logprobs[i, :n].tolist(),

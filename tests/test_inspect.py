@@ -47,7 +47,7 @@ def test_page_is_self_contained_and_holds_every_step(run, capsys):
     assert '"initial": 2' in (run / "p.html").read_text()
     assert main([str(run), "--step", "3"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: step 3 has no logged samples; logged steps: 2, 4"]
-    with pytest.raises(InspectError, match="samples.jsonl not found"):
+    with pytest.raises(InspectError, match="nowhere not found: pass a run directory"):
         load_samples(run / "nowhere")
 
 
