@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from grpo_trainer import console
+from grpo_trainer.live import open_sinks
 
 # The columns of the one-line console summary per step, in order.
 CONSOLE = [("reward/mean", "reward"), ("reward/accuracy", "acc"), ("reward/format", "fmt"),
@@ -56,8 +57,10 @@ class MetricsLogger:
     training loop, once the start step is known after a resume) trims the files to that step and
     starts the progress bar."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool, max_steps: int):
+    def __init__(self, run_dir: str | Path, enabled: bool, max_steps: int, report_to: list[str] = (),
+                 config: dict | None = None):
         self.enabled = enabled
+        self.report_to, self.config, self.sinks = list(report_to), config, []  # live.py: TensorBoard, wandb
         self.run_dir = Path(run_dir)
         self.max_steps = max_steps
         self.history: list[dict] = []
@@ -79,6 +82,7 @@ class MetricsLogger:
         if console.out().isatty():
             self.bar = tqdm(total=self.max_steps, initial=start_step, desc="GRPO", unit="step", dynamic_ncols=True,
                             file=console.out())
+        self.sinks = open_sinks(self.report_to, self.run_dir, start_step, self.config)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -88,6 +92,8 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        for sink in self.sinks:
+            sink.log(step, row)
         parts = [f"{short}={row[key]:.3g}" for key, short in CONSOLE if isinstance(row.get(key), (int, float))]
         line = f"step {step:4d} | " + " ".join(parts) + " | " + self.timing(step)
         if self.bar is None:
@@ -109,6 +115,8 @@ class MetricsLogger:
         with open(self.samples_path, "a") as fh:
             for s in samples:
                 fh.write(json.dumps({"step": step, **s}) + "\n")
+        for sink in self.sinks:
+            sink.log_samples(step, samples)
 
     def summary(self) -> str:
         """First vs last quarter of the run: the trend a person looks for."""
@@ -126,6 +134,9 @@ class MetricsLogger:
         return "\n".join(lines)
 
     def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -20,7 +20,7 @@ SAME_RUN_IGNORE = DEFAULT_DIFF_IGNORE + ("trainer.output_dir",)
 RESUME_MAY_CHANGE = SAME_RUN_IGNORE + (
     "trainer.save_every", "trainer.keep_last", "trainer.log_samples_every", "trainer.num_log_samples",
     "trainer.torch_threads", "trainer.max_bad_steps", "trainer.max_no_reward_steps",
-    "trainer.max_mismatch_kl",
+    "trainer.max_mismatch_kl", "trainer.report_to",
     # Held-out evaluation restores the RNG it uses, so it does not change the training steps.
     "trainer.eval_every", "trainer.eval_examples", "data.eval_source")
 
@@ -33,6 +33,7 @@ def preflight(cfg: Config) -> Path | None:
     check_data(cfg)
     check_model(cfg)
     check_engine(cfg)
+    check_report_to(cfg)
     return resume_from
 
 
@@ -200,3 +201,14 @@ def check_engine(cfg: Config) -> None:
     if not torch.cuda.is_available():
         raise ConfigError("rollout.sleep=true needs a CUDA GPU (it releases the vLLM engine's GPU memory during the "
                           "update) and none is visible: set rollout.sleep=false")
+
+
+def check_report_to(cfg: Config) -> None:
+    """Each trainer.report_to library importable, told now rather than after the model has loaded."""
+    import importlib.util
+
+    for name, extra in (("tensorboard", "plot"), ("wandb", "wandb")):
+        if name in cfg.trainer.report_to and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"trainer.report_to lists {name!r} but the {name} package is not installed: "
+                              f"pip install 'grpo_trainer[{extra}]' (or pip install {name}), or remove "
+                              f"{name!r} from trainer.report_to")

@@ -49,6 +49,7 @@ class RolloutRecord:
     correct: torch.Tensor | None = None  # (N,) bool
     formatted: torch.Tensor | None = None  # (N,) bool
     num_timeouts: int = 0  # verifications stopped at their time bound
+    parsed: list[str | None] | None = None  # (N,) what the correctness verifier extracted (for the sample log)
     # Filled after the advantage estimator:
     advantages: torch.Tensor | None = None  # (N, C) float32, 0 at padding
 
@@ -71,6 +72,8 @@ class RolloutRecord:
             _check(f"components[{label!r}]", scores, (N,), torch.float32)
         if len(self.texts) != N:
             raise ValueError(f"RolloutRecord.texts: expected {N} texts, got {len(self.texts)}")
+        if self.parsed is not None and len(self.parsed) != N:
+            raise ValueError(f"RolloutRecord.parsed: expected {N} entries, got {len(self.parsed)}")
         if bool((self.loss_mask & ~self.valid).any()):
             raise ValueError("RolloutRecord.loss_mask marks padding positions; only real tokens can be trained on")
 
@@ -166,7 +169,8 @@ class RolloutRecord:
             texts=[t for r in records for t in r.texts], rewards=opt("rewards"),
             components={k: torch.cat([r.components[k] for r in records]) for k in first.components},
             correct=opt("correct"), formatted=opt("formatted"), num_timeouts=sum(r.num_timeouts for r in records),
-            advantages=opt("advantages", C))
+            advantages=opt("advantages", C),
+            parsed=None if first.parsed is None else [p for r in records for p in (r.parsed or [None] * r.num_rows)])
 
 
 def _pad(t: torch.Tensor, width: int | None, value) -> torch.Tensor:
@@ -186,6 +190,7 @@ def _take(r: RolloutRecord, groups: torch.Tensor, rows: torch.Tensor) -> Rollout
                    texts=[r.texts[i] for i in rows.tolist()], rewards=pick(r.rewards),
                    components={k: v[rows] for k, v in r.components.items()}, correct=pick(r.correct),
                    formatted=pick(r.formatted), advantages=pick(r.advantages),
+                   parsed=None if r.parsed is None else [r.parsed[i] for i in rows.tolist()],
                    # a sub-record keeps no share of the timeouts: they were counted where scored
                    num_timeouts=r.num_timeouts if len(rows) == r.num_rows else 0)
 

@@ -40,5 +40,5 @@ def score(record: RolloutRecord, reward_fn, prompts: PromptSet) -> tuple[Rollout
         components={label: torch.tensor([math.nan if s is None else s for s in scores], dtype=torch.float32)
                     for label, scores in out.components.items()},
         correct=torch.tensor(out.correct, dtype=torch.bool), formatted=torch.tensor(out.formatted, dtype=torch.bool),
-        num_timeouts=out.num_timeouts)
+        num_timeouts=out.num_timeouts, parsed=list(out.parsed))
     return scored, out

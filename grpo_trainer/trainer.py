@@ -36,6 +36,7 @@ from grpo_trainer.reward_guard import RewardGuard
 from grpo_trainer.rewards import build_reward_fn
 from grpo_trainer.rollout import SamplingConfig, make_engine
 from grpo_trainer.weights import iter_full_weights
+from grpo_trainer.samples import sample_records, sample_rows
 from grpo_trainer.scoring import PromptSet
 from grpo_trainer.step_stats import StepStats, add_rollout_stats, finite_counts, rollout_metrics
 from grpo_trainer.update import PolicyUpdater, record_logprobs
@@ -130,7 +131,7 @@ class GRPOTrainer:
                                      guard=self.guard, micro_batch_tokens=t.micro_batch_tokens,
                                      share_prompt=not cfg.model.gradient_checkpointing)
         self._eval_reward_fn = None  # built on the first evaluation when the training rewards cannot serve
-        self.logger = MetricsLogger(self.run_dir, acc.is_main_process, t.max_steps)
+        self.logger = MetricsLogger(self.run_dir, acc.is_main_process, t.max_steps, t.report_to, cfg.to_dict())
         self.step = 0
         self.beta = a.beta  # adapted when algorithm.kl_target is set
         # Everything besides model/optimizer/scheduler/RNG (accelerate's) that the next step depends
@@ -193,6 +194,9 @@ class GRPOTrainer:
             if self.ref is not None and self.beta > 0 and a.kl_mode == "reward":
                 record = self._kl_penalised(record, stats)
             record = record.with_advantages(self._advantages(record.rewards) * got.weight)
+            t = cfg.trainer
+            logged = sample_rows(self.step, t.max_steps, t.log_samples_every, t.num_log_samples, record)
+            self.updater.capture = set(logged) if acc.is_main_process else set()  # their per-token values
             with timer("train"):
                 self.updater.run(record, self.beta, stats, seed=cfg.trainer.seed * 1_000_003 + self.step)
                 self.scheduler.step()
@@ -205,7 +209,7 @@ class GRPOTrainer:
         if "kl_reward/sum" in reduced:  # KL in the reward: its per-token value is the KL logged and controlled
             metrics["train/kl"] = reduced["kl_reward/sum"] / max(reduced["kl_reward/tokens"], 1.0)
         self._after_update(metrics["train/kl"])
-        self._log_samples(record)
+        self._log_samples(record, sorted(self.updater.capture))
         metrics.update({k: reduced[k] for k in ("dynamic/gen_rounds", "dynamic/filtered_groups",
                                                  "dynamic/generated_groups", "dynamic/upweight")})
         metrics.update(curriculum)
@@ -255,7 +259,7 @@ class GRPOTrainer:
 
     def _after_update(self, kl: float) -> None:
         a = self.cfg.algorithm
-        if a.kl_target is not None and self.ref is not None:
+        if a.kl_target is not None and self.ref is not None and math.isfinite(kl):  # NaN: nothing trained
             self.beta = algo.adaptive_kl_beta(self.beta, kl, a.kl_target)
         if a.ref_reset_every and self.ref is not None and self.step % a.ref_reset_every == 0:
             # Iterative GRPO / ProRL: the reference catches up with the policy.
@@ -288,16 +292,10 @@ class GRPOTrainer:
         torch.set_num_threads(self.threads)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _log_samples(self, record: RolloutRecord) -> None:
-        t = self.cfg.trainer
-        if not self.acc.is_main_process or t.log_samples_every <= 0 or self.step % t.log_samples_every:
-            return
-        rows = range(min(t.num_log_samples, record.num_rows))
-        examples = [self.prompts.examples[i] for i in record.example_idx[record.group[:len(rows)]].tolist()]
-        self.logger.log_samples(self.step, [
-            {"question": ex["question"], "gold": ex["gold"], "completion": record.texts[i],
-             "reward": record.rewards[i].item(), "truncated": bool(record.truncated[i])}
-            for i, ex in zip(rows, examples)])
+    def _log_samples(self, record: RolloutRecord, rows: list[int]) -> None:
+        if rows:
+            self.logger.log_samples(self.step, sample_records(record, rows, self.prompts, self.tokenizer,
+                                                              self.updater.captured))
 
     def _should_save(self) -> bool:
         every = self.cfg.trainer.save_every

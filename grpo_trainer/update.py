@@ -57,6 +57,9 @@ class PolicyUpdater:
         # The registered policy loss (algorithm.policy_loss) with its algorithm.* options, looked up once.
         entry = algo.POLICY_LOSSES[algorithm.policy_loss]
         self.policy_loss = functools.partial(entry.fn, **entry.bind(vars(algorithm)))
+        # Rows whose per-token values the sample log shows (samples.jsonl): set before `run`, read after.
+        self.capture: set[int] = set()
+        self.captured: dict[int, dict[str, torch.Tensor]] = {}
 
     @property
     def need_old(self) -> bool:
@@ -83,6 +86,7 @@ class PolicyUpdater:
         if record.advantages is None:
             raise ValueError("the record has no advantages: set them (record.with_advantages) before the update")
         n = record.num_rows
+        self.captured = {}
         kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
         # A row with advantage 0 contributes exactly nothing when no KL/entropy term is on: it is
         # kept out of the forward/backward but still counted in the normalisers.
@@ -160,17 +164,23 @@ class PolicyUpdater:
         stats.peak("update/grad_norm", float(grad_norm))
 
     def metrics(self, tot: dict[str, float]) -> dict:
-        """The logged train/* and mismatch/* metrics from the step's reduced StepStats."""
+        """The logged train/* and mismatch/* metrics from the step's reduced StepStats. A value that
+        was not measured (no token trained anywhere, no reference, one pass) is NaN (null in
+        metrics.jsonl), never 0: 0 would read as "measured, and zero"."""
         a, need_old = self.a, self.need_old
-        tok = max(tot["update/tokens"], 1.0)
+        tok = tot["update/tokens"]
+        trained = tok > 0
+        per_token = lambda key: tot[key] / tok if trained else math.nan  # noqa: E731
         # No trained token anywhere (every advantage 0): nothing was compared, which is not "no mismatch".
         seen = tot["update/canary_tokens"] > 0
-        return {"train/loss": tot["update/loss"] / tot["update/passes"], "train/entropy": tot["update/entropy"] / tok,
-                "train/kl": tot["update/kl"] / tok, "train/clip_frac_low": tot["update/clip_low"] / tok,
-                "train/clip_frac_high": tot["update/clip_high"] / tok,
-                "train/kl_old_new": (tot["update/old_new_kl"] / max(tot["update/old_new_tokens"], 1.0)
-                                     if need_old else 0.0),
-                "train/tis_weight_mean": tot["update/tis"] / tok if a.rollout_correction.level is not None else 1.0,
+        return {"train/loss": tot["update/loss"] / tot["update/passes"], "train/entropy": per_token("update/entropy"),
+                # With KL in the reward the trainer logs that one instead.
+                "train/kl": per_token("update/kl") if self.ref is not None else math.nan,
+                "train/clip_frac_low": per_token("update/clip_low"),
+                "train/clip_frac_high": per_token("update/clip_high"),
+                "train/kl_old_new": (tot["update/old_new_kl"] / tot["update/old_new_tokens"]
+                                     if need_old and tot["update/old_new_tokens"] > 0 else math.nan),
+                "train/tis_weight_mean": per_token("update/tis") if a.rollout_correction.level is not None else math.nan,
                 "train/grad_norm": tot["update/grad_norm"], "train/passes": tot["update/passes"],
                 "mismatch/kl": tot["update/canary_k3"] / tot["update/canary_tokens"] if seen else math.nan,
                 "mismatch/max_abs_logp_diff": tot["update/canary_max_diff"] if seen else math.nan,
@@ -230,6 +240,8 @@ class PolicyUpdater:
         if rec["control"] is not None:  # algorithm.entropy_control on the step's chosen tokens
             per_token = algo.cov_controlled_loss(per_token, logp, old, rec["control"][rows, :C], a.entropy_control,
                                                  a.kl_cov_coef)
+        if self.capture.intersection(mb.rows):
+            self._capture(mb, logp, old, entropy, rec["adv"][rows, :C])
         tis_sum = 0.0
         if rc.level is not None:
             per_token = per_token * w
@@ -248,3 +260,17 @@ class PolicyUpdater:
                  # target_kl signal.
                  "old_new": algo.kl_estimate(old, logp.detach(), "k3")[mask].sum().item()}
         return loss, mask, stats
+
+    def _capture(self, mb: MicroBatch, logp, old, entropy, adv) -> None:
+        """Per-token values of the rows in `self.capture`, from this forward (no extra one): the
+        trainer's log-prob of each sampled token under the policy the engine sampled from (`old`),
+        the entropy, and whether the ratio's clip acted on it in any pass (as algo.ppo_clip counts it)."""
+        ratio = torch.exp(logp.detach() - old)
+        clipped = ((adv < 0) & (ratio < 1.0 - self.a.eps_low)) | ((adv > 0) & (ratio > 1.0 + self.a.eps_high))
+        for j, row in enumerate(mb.rows):
+            if row in self.capture:
+                n = int(mb.completion_mask[j].sum())
+                prev = self.captured.get(row, {}).get("clipped")
+                clip = clipped[j, :n].cpu() if prev is None else prev | clipped[j, :n].cpu()
+                self.captured[row] = {"trainer_logp": old[j, :n].float().cpu(),
+                                      "entropy": entropy[j, :n].detach().float().cpu(), "clipped": clip}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import struct
 import sys
 from pathlib import Path
@@ -122,3 +123,68 @@ def test_missing_matplotlib_is_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(PlotError, match=r"matplotlib is not installed: pip install 'grpo_trainer\[plot\]'"):
         plot_run(run)
     assert not (run / "plots").exists()  # nothing half-written
+
+
+def _axes(fig):
+    fig.canvas.draw()  # ticks are placed at draw time
+    return fig.axes[0]
+
+
+@needs_mpl
+def test_not_measured_is_a_gap_and_eval_points_are_markers(tmp_path):
+    from grpo_trainer.plot import PLOTS, figure
+
+    rows = [_row(s) for s in (1, 2, 3)]
+    rows[1]["train/entropy"] = None  # no row trained at step 2: entropy was not measured
+    spec = {p.filename: p for p in PLOTS}
+    ent = _axes(figure(spec["entropy.png"], rows)).get_lines()[0]
+    assert list(ent.get_xdata()) == [1.0, 2.0, 3.0]
+    y = list(ent.get_ydata())
+    assert y[0] == y[2] == 1.5 and math.isnan(y[1])  # a gap at step 2, not a 0
+    ax = _axes(figure(spec["reward.png"], rows))
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    held_out = lines["eval/accuracy (held-out)"]
+    assert held_out.get_linestyle() == "None" and held_out.get_marker() == "D"
+    assert list(held_out.get_xdata()) == [2.0]  # only step 2 of 1..3 is even
+    # Three steps: the step axis has whole-number ticks only (no 1.5, 2.5).
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert ax.get_xlabel() == "step" and "fraction" in ax.get_ylabel()
+    assert _axes(figure(spec["entropy.png"], rows)).get_ylabel() == "nats / token"
+    assert _axes(figure(spec["completion_length.png"], rows)).get_ylabel() == "tokens per completion"
+    assert _axes(figure(spec["time.png"], rows)).get_ylabel() == "seconds (s)"
+
+
+def _config(run: Path, **algorithm) -> None:
+    import yaml
+
+    (run / "config.yaml").write_text(yaml.safe_dump({"algorithm": {"beta": 0.0, "num_iterations": 1,
+                                                                   "num_mini_batches": 1, **algorithm}}))
+
+
+@needs_mpl
+def test_kl_and_clip_panels_only_where_they_can_apply(tmp_path, capsys):
+    from grpo_trainer.plot import PLOTS, figure, run_config
+
+    # An old-style run: beta = 0 and one update per batch, KL and clip fractions logged as zeros.
+    rows = [{**_row(s), "train/kl": 0.0, "train/clip_frac_low": 0.0, "train/clip_frac_high": 0.0} for s in (1, 2, 3)]
+    run = _write(tmp_path / "run", rows)
+    _config(run)
+    assert main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert {p.name for p in (run / "plots").glob("*.png")} == ALL_PNGS - {"kl.png", "clip_fraction.png"}
+    assert "left out kl.png: no reference model (algorithm.beta = 0)" in out
+    assert "left out clip_fraction.png: one update per rollout batch: the ratio is 1" in out
+    # Two mini-batches: the second is updated from moved weights, the ratio can leave the clip range.
+    _config(run, num_mini_batches=2, beta=0.04)
+    spec = {p.filename: p for p in PLOTS}
+    assert figure(spec["kl.png"], rows, run_config(run)) is not None
+    ax = _axes(figure(spec["clip_fraction.png"], rows, run_config(run)))
+    low, high = ax.get_lines()
+    # Equal values (all 0): the two lines still differ in style, so neither hides the other.
+    assert list(low.get_ydata()) == list(high.get_ydata()) == [0.0, 0.0, 0.0]
+    assert (low.get_linestyle(), low.get_marker()) == ("-", "v")
+    assert (high.get_linestyle(), high.get_marker()) == ("--", "^")
+    assert ax.get_ylabel() == "fraction of trained tokens"
+    # Without a config.yaml the values decide: all zeros is nothing to show.
+    assert figure(spec["clip_fraction.png"], rows, None) is None

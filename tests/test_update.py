@@ -256,3 +256,44 @@ def test_mismatch_metrics_compare_the_engine_with_pi_old(base_model, step_batch,
     assert metrics["mismatch/token_out_frac"] == pytest.approx(10 / 17)
     assert metrics["mismatch/seq_out_frac"] == pytest.approx(1 / 4)
     assert metrics["mismatch/corrected_frac"] == 0.0
+
+
+def test_nothing_trained_logs_missing_not_zero(base_model, step_batch):
+    # Every advantage 0: no row is forwarded, so entropy, clip fractions and the canary measured
+    # nothing; with no reference (and one pass, no TIS) KL, old-new KL and TIS never exist.
+    zero = step_batch.with_advantages(torch.zeros(step_batch.num_rows))
+    _, metrics = run_update(base_model, zero, micro_batch_size=4)
+    assert metrics["train/rows_trained"] == 0
+    for key in ("train/entropy", "train/clip_frac_low", "train/clip_frac_high", "train/kl", "train/kl_old_new",
+                "train/tis_weight_mean", "mismatch/kl"):
+        assert math.isnan(metrics[key]), key
+    _, metrics = run_update(base_model, step_batch, micro_batch_size=4)
+    assert metrics["train/entropy"] > 0 and metrics["train/clip_frac_low"] == 0.0  # measured: one pass, ratio 1
+    assert math.isnan(metrics["train/kl"])  # still no reference
+
+
+@pytest.mark.parametrize("algo_kwargs", [{}, {"num_iterations": 2, "num_mini_batches": 2}], ids=["one", "passes"])
+def test_captured_rows_hold_the_trainer_values_of_the_sampling_policy(base_model, step_batch, algo_kwargs):
+    # The sample log's per-token values, taken from the update's own forwards: the trainer's
+    # log-probs under the weights that sampled (pi_old, even where mini-batch 2 runs after an
+    # optimizer step) and the entropy, equal to a direct forward of the untouched model.
+    rows = list(range(8))
+    prompts, completions, _, _ = rows_of(step_batch)
+    with torch.no_grad():
+        logp, entropy = completion_logprobs(copy.deepcopy(base_model), pack(rows, prompts, completions, 0), 1.0,
+                                            with_entropy=True)
+    model = copy.deepcopy(base_model)
+    a = dataclasses.replace(AlgorithmConfig(), **algo_kwargs)
+    updater = PolicyUpdater(Accelerator(cpu=True), model, torch.optim.SGD(model.parameters(), lr=1.0), None, 0, a,
+                            1.0, 3, 1e9, MAX_LEN)
+    updater.capture = {0, 1, 4}
+    updater.update(step_batch, beta=0.0)
+    assert sorted(updater.captured) == [0, 1]  # row 4 has advantage 0: never forwarded, nothing to show
+    for i in (0, 1):
+        n = int(step_batch.completion_lens[i])
+        got = updater.captured[i]
+        assert got["trainer_logp"].shape == got["entropy"].shape == got["clipped"].shape == (n,)
+        assert torch.allclose(got["trainer_logp"].double(), logp[i, :n], atol=1e-6)
+        if not algo_kwargs:  # the one forward of the one pass: its entropy is pi_old's
+            assert torch.allclose(got["entropy"].double(), entropy[i, :n], atol=1e-6)
+            assert not got["clipped"].any()  # ratio 1 by construction

@@ -197,6 +197,7 @@ _RANGES = [
     ("a non-empty list", lambda v: len(v) >= 1, "reward.functions model.lora.target_modules"),
 ]
 
+REPORTERS = ("tensorboard", "wandb")  # trainer.report_to: grpo_trainer/live.py writes each
 _REWARD_KEYS = ("name", "weight", "kwargs", "label")
 _REWARD_FORM = "{name: <verifier or module.path:function>, weight: <float>, kwargs: {...}, label: <optional str>}"
 
@@ -233,6 +234,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"algorithm.clip_cov_low={a.clip_cov_low} must be < algorithm.clip_cov_high="
                           f"{a.clip_cov_high}: Clip-Cov draws from the tokens with low < cov < high")
     _check_pass_rate_filter(cfg.data.pass_rate_filter)
+    unknown = [x for x in cfg.trainer.report_to if x not in REPORTERS]
+    if unknown:
+        raise ConfigError(f"trainer.report_to={show(cfg.trainer.report_to)} names {show(unknown[0])}: expected "
+                          f"a list of {', '.join(map(repr, REPORTERS))} (or [] for neither)")
     cfg.reward.functions = [_reward_spec(i, spec) for i, spec in enumerate(cfg.reward.functions)]
     _check_algorithm(cfg)  # last: the other mistakes are told without waiting for torch
     return cfg

@@ -192,8 +192,11 @@ class TrainerConfig:
     seed: int = 42
     save_every: int = 0  # 0: only at the end
     keep_last: int = 2
-    log_samples_every: int = 5
+    log_samples_every: int = 5  # and always the last step; 0: never
     num_log_samples: int = 2
+    # Live logging while training, beside metrics.jsonl: "tensorboard" (RUN_DIR/tensorboard) and/or
+    # "wandb" (WANDB_MODE=offline needs no account). [] : only the files.
+    report_to: list = field(default_factory=list)
     torch_threads: int = 0  # 0: every core
     eval_every: int = 0  # >0: greedy pass@1 on held-out problems every N steps (and at the end)
     eval_examples: int = 64
