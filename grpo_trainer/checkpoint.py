@@ -306,13 +306,16 @@ def load_checkpoint(accelerator, path: Path, model) -> dict:
     """Restore model/optimizer/scheduler/RNG in place; return the trainer state. Damage that the
     manifest's sampled checksums missed still ends in one line (DamagedCheckpoint), not a traceback."""
     state = path / "state"
-    own_copy = any((state / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
+    # DeepSpeed's engine keeps its own (partitioned) copy; so do checkpoints written before the
+    # weights were written once.
+    own_copy = distributed.deepspeed_plugin(accelerator) is not None or any(
+        (state / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
     # Without its own copy of the weights (every checkpoint since they are written once) accelerate
     # loads no model; they are read from model/ or adapter/ below.
     hook = None if own_copy else accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
     try:
         accelerator.load_state(str(state))
-        if not own_copy and distributed.deepspeed_plugin(accelerator) is None:
+        if not own_copy:
             _load_weights(accelerator.unwrap_model(model), path)
         return json.loads((path / "trainer_state.json").read_text())
     except Exception as exc:  # noqa: BLE001 - safetensors, pickle and json each raise their own kind

@@ -162,7 +162,7 @@ def test_one_update_is_the_same_in_one_and_two_processes(tiny_llama: Path, tmp_p
         assert other["metrics"]["train/grad_norm"] == pytest.approx(single["metrics"]["train/grad_norm"], rel=1e-5)
         assert other["metrics"]["train/loss"] == pytest.approx(single["metrics"]["train/loss"], abs=1e-6)
         for key in ("mismatch/seq_out_frac", "mismatch/corrected_frac", "train/tis_weight_mean"):
-            assert other["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-6), key
+            assert other["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-6, nan_ok=True), key
 
 
 @pytest.mark.parametrize("native, expected", [(False, "no"), (True, "bf16")])

@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-def launch(args: list[str], cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+def launch(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(REPO / "configs/accelerate/cpu.yaml"), "-m", "grpo_trainer.train", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -139,9 +139,10 @@ def test_dapo_recipe_two_steps_logs_dynamic_sampling(tiny_llama: Path, tmp_path:
 ], ids=["gspo", "cispo_sequence_mis"])
 def test_objective_recipes_two_steps(tiny_llama: Path, tmp_path: Path, recipe: str, extra: list[str]):
     run = tmp_path / "run"
-    # The recipe's bf16 engine against the fp32 trainer: a real, small mismatch.
+    # The recipe's bf16 engine against the fp32 trainer: a real, small mismatch (bf16 kept on a CPU
+    # without native bf16 too, where the engine would otherwise fall back to fp32).
     proc = launch(["--recipe", str(REPO / "recipes" / recipe), *tiny_overrides(tiny_llama, run, 2),
-                   "trainer.mixed_precision=no", *extra])
+                   "trainer.mixed_precision=no", *extra], env={"GRPO_TRAINER_CPU_BF16": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
