@@ -27,6 +27,8 @@ import math
 import sys
 from pathlib import Path
 
+from grpo_trainer.plot import read_jsonl
+
 SAMPLES_FILE = "samples.jsonl"
 MODES = ("advantage", "gap", "entropy")
 # RGB of a full-strength token in each colouring; weaker values are mixed with white.
@@ -46,16 +48,7 @@ def load_samples(run_dir: str | Path) -> dict[int, list[dict]]:
         raise InspectError(f"{path} not found: pass a run directory written by grpo_trainer.train "
                            f"(its trainer.output_dir) with trainer.log_samples_every > 0")
     steps: dict[int, list[dict]] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # killed mid-write
-            raise InspectError(f"{path}:{i + 1} is not valid JSON; fix or delete that line") from None
+    for row in read_jsonl(path, InspectError):
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             steps.setdefault(row["step"], []).append(row)
     if not steps:

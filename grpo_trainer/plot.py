@@ -83,23 +83,29 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise PlotError(f"{path} not found: pass a run directory written by grpo_trainer.train "
                         f"(its trainer.output_dir), which holds {METRICS_FILE}")
+    rows = [row for row in read_jsonl(path, PlotError)
+            if isinstance(row, dict) and _number(row.get("step")) is not None]
+    if not rows:
+        raise PlotError(f"{path} has no logged steps yet: plot again after the run has logged a step")
+    return sorted(rows, key=lambda r: r["step"])
+
+
+
+def read_jsonl(path: Path, error: type[Exception]) -> list:
+    """The JSON values of a run's .jsonl file, blank lines skipped. A torn last line (a kill while
+    writing) is dropped, everything before it being intact; a bad line elsewhere raises `error`."""
     rows = []
     lines = path.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append(json.loads(line))
         except json.JSONDecodeError:
             if i == len(lines) - 1:
-                break  # a torn last line from a kill; everything before it is intact
-            raise PlotError(f"{path}:{i + 1} is not valid JSON; fix or delete that line") from None
-        if isinstance(row, dict) and _number(row.get("step")) is not None:
-            rows.append(row)
-    if not rows:
-        raise PlotError(f"{path} has no logged steps yet: plot again after the run has logged a step")
-    return sorted(rows, key=lambda r: r["step"])
-
+                break
+            raise error(f"{path}:{i + 1} is not valid JSON; fix or delete that line") from None
+    return rows
 
 def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     """(steps, values) of `key` over the rows that have a finite value for it."""

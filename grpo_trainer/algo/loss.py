@@ -34,6 +34,30 @@ def _bool_mask(mask: torch.Tensor, like: torch.Tensor, name: str = "mask") -> to
 
 
 # algorithm.policy_loss: ppo_clip; the clip ranges come from the config keys of the same names.
+def policy_inputs(logp, old_logp, advantages, mask):
+    """(mask bool (N, T), advantages (N, T), log-ratio (N, T)), zeros at masked positions so NaN
+    or inf there (padding) cannot reach a value or a gradient."""
+    if logp.dim() != 2 or old_logp.shape != logp.shape:
+        raise ValueError(f"logp {tuple(logp.shape)} and old_logp {tuple(old_logp.shape)} must both be (N, T)")
+    m = _bool_mask(mask, logp)
+    if advantages.dim() == 1 and advantages.shape[0] == logp.shape[0]:
+        adv = advantages.unsqueeze(1).expand_as(logp)
+    elif advantages.shape == logp.shape:
+        adv = advantages
+    else:
+        raise ValueError(f"advantages shape {tuple(advantages.shape)} must be (N,) or (N, T) with "
+                         f"(N, T) = {tuple(logp.shape)}")
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    adv = torch.where(m, adv.to(logp.dtype), zero)
+    log_ratio = torch.where(m, logp - old_logp.to(logp.dtype), zero)
+    return m, adv, log_ratio
+
+
+def check_clip_range(eps_low: float, eps_high: float) -> None:
+    if not (0.0 <= eps_low < 1.0) or not (0.0 <= eps_high < math.inf):
+        raise ValueError(f"need 0 <= eps_low < 1 and 0 <= eps_high, got eps_low={eps_low}, eps_high={eps_high}")
+
+
 @register_policy_loss("ppo_clip", options={"eps_low": "eps_low", "eps_high": "eps_high",
                                            "dual_clip_c": "dual_clip_c"})
 def clipped_policy_loss(
@@ -60,29 +84,11 @@ def clipped_policy_loss(
       ``clip_frac_high``  ratio > 1 + eps_high and A > 0 (gradient clipped on the high side)
       ``dual_clip_frac``  A < 0 and the dual-clip bound c * A is active
     """
-    if logp.dim() != 2 or old_logp.shape != logp.shape:
-        raise ValueError(
-            f"logp {tuple(logp.shape)} and old_logp {tuple(old_logp.shape)} must both be (N, T)"
-        )
-    if not (0.0 <= eps_low < 1.0) or not (0.0 <= eps_high < math.inf):
-        raise ValueError(
-            f"need 0 <= eps_low < 1 and 0 <= eps_high, got eps_low={eps_low}, eps_high={eps_high}"
-        )
+    check_clip_range(eps_low, eps_high)
     if dual_clip_c is not None and not (1.0 < dual_clip_c < math.inf):
         raise ValueError(f"dual_clip_c must be > 1 (or None to disable), got {dual_clip_c}")
-    m = _bool_mask(mask, logp)
-    if advantages.dim() == 1 and advantages.shape[0] == logp.shape[0]:
-        adv = advantages.unsqueeze(1).expand_as(logp)
-    elif advantages.shape == logp.shape:
-        adv = advantages
-    else:
-        raise ValueError(
-            f"advantages shape {tuple(advantages.shape)} must be (N,) or (N, T) with "
-            f"(N, T) = {tuple(logp.shape)}"
-        )
+    m, adv, log_ratio = policy_inputs(logp, old_logp, advantages, mask)
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    adv = torch.where(m, adv.to(logp.dtype), zero)
-    log_ratio = torch.where(m, logp - old_logp.to(logp.dtype), zero)
     ratio = torch.exp(log_ratio)
 
     unclipped = ratio * adv

@@ -22,32 +22,8 @@ import math
 
 import torch
 
-from .loss import _bool_mask
+from .loss import check_clip_range, policy_inputs
 from .registry import register_policy_loss
-
-
-def _inputs(logp, old_logp, advantages, mask):
-    """(mask bool (N, T), advantages (N, T), log-ratio (N, T)), zeros at masked positions so NaN
-    or inf there (padding) cannot reach a value or a gradient."""
-    if logp.dim() != 2 or old_logp.shape != logp.shape:
-        raise ValueError(f"logp {tuple(logp.shape)} and old_logp {tuple(old_logp.shape)} must both be (N, T)")
-    m = _bool_mask(mask, logp)
-    if advantages.dim() == 1 and advantages.shape[0] == logp.shape[0]:
-        adv = advantages.unsqueeze(1).expand_as(logp)
-    elif advantages.shape == logp.shape:
-        adv = advantages
-    else:
-        raise ValueError(f"advantages shape {tuple(advantages.shape)} must be (N,) or (N, T) with "
-                         f"(N, T) = {tuple(logp.shape)}")
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    adv = torch.where(m, adv.to(logp.dtype), zero)
-    log_ratio = torch.where(m, logp - old_logp.to(logp.dtype), zero)
-    return m, adv, log_ratio
-
-
-def _check_eps(eps_low: float, eps_high: float) -> None:
-    if not (0.0 <= eps_low < 1.0) or not (0.0 <= eps_high < math.inf):
-        raise ValueError(f"need 0 <= eps_low < 1 and 0 <= eps_high, got eps_low={eps_low}, eps_high={eps_high}")
 
 
 def sequence_mean(
@@ -89,8 +65,8 @@ def gspo_policy_loss(
     sequence clipped on that side with its gradient cut (A_i < 0 and s_i < 1 - eps_low, or
     A_i > 0 and s_i > 1 + eps_high): the paper's "fraction of clipped tokens" (its Figure 2).
     """
-    _check_eps(eps_low, eps_high)
-    m, adv, log_ratio = _inputs(logp, old_logp, advantages, mask)
+    check_clip_range(eps_low, eps_high)
+    m, adv, log_ratio = policy_inputs(logp, old_logp, advantages, mask)
     s = torch.exp(sequence_mean(log_ratio, m))  # (N,)
     a = sequence_mean(adv, m)  # (N,)
     objective = torch.minimum(s * a, torch.clamp(s, 1.0 - eps_low, 1.0 + eps_high) * a)  # (N,)
@@ -122,8 +98,8 @@ def gspo_token_policy_loss(
     Stats: ``clip_frac_low`` / ``clip_frac_high`` = fraction of loss tokens clipped with their
     gradient cut (A_it < 0 and s_i < 1 - eps_low, or A_it > 0 and s_i > 1 + eps_high).
     """
-    _check_eps(eps_low, eps_high)
-    m, adv, log_ratio = _inputs(logp, old_logp, advantages, mask)
+    check_clip_range(eps_low, eps_high)
+    m, adv, log_ratio = policy_inputs(logp, old_logp, advantages, mask)
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     live = torch.where(m, logp, zero)
     # + (x - sg(x)): exactly 0 in value, so s_it's value is s_i's to the bit.
@@ -163,7 +139,7 @@ def cispo_policy_loss(
         raise ValueError(f"CISPO eps_low must be in [0, 1) or None (no lower bound), got {eps_low}")
     if not (0.0 <= eps_high < math.inf):
         raise ValueError(f"CISPO eps_high must be finite and >= 0, got {eps_high}")
-    m, adv, log_ratio = _inputs(logp, old_logp, advantages, mask)
+    m, adv, log_ratio = policy_inputs(logp, old_logp, advantages, mask)
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     with torch.no_grad():
         ratio = torch.exp(log_ratio)
