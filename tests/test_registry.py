@@ -55,7 +55,7 @@ def test_unregistered_names_are_refused_listing_the_registered_ones(toy_estimato
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["algorithm.advantage=toys"])
     assert str(exc.value) == ("algorithm.advantage='toys' is not allowed: expected one of 'grpo', 'dr_grpo', "
-                              "'rloo', 'reinforce', 'softmax', 'reinforce_pp', 'reinforce_pp_baseline', 'toy' "
+                              "'rloo', 'reinforce', 'softmax', 'reinforce_pp', 'reinforce_pp_baseline', 'gae', 'toy' "
                               "(did you mean 'toy'?)")
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["algorithm.policy_loss=gpso"])

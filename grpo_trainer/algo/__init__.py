@@ -4,6 +4,8 @@
 - advantages: group_advantages (dispatch), grpo_advantages, dr_grpo_advantages,
               rloo_advantages, reinforce_advantages, softmax_advantages, reinforce_pp_advantages,
               reinforce_pp_baseline_advantages
+- gae:        token_rewards, gae_advantages, whiten, masked_moments, clipped_value_loss,
+              explained_variance, value_moments (PPO with a learned critic)
 - loss:       clipped_policy_loss, aggregate_loss, tis_weights
 - objectives: gspo_policy_loss, gspo_token_policy_loss, cispo_policy_loss, sequence_mean
 - correction: correction_weights (rollout correction: token/sequence x truncate/mask), mismatch_stats
@@ -28,6 +30,16 @@ from .advantages import (
 from .correction import CORRECTION_LEVELS, CORRECTION_MODES, correction_weights, mismatch_stats
 from .covariance import ENTROPY_CONTROLS, cov_controlled_loss, logp_adv_covariance, select_covariance_tokens
 from .filters import group_upweight, informative_groups, overlong_loss_mask, soft_overlong_penalty
+from .gae import (
+    clipped_value_loss,
+    explained_variance,
+    gae_advantages,
+    last_token_index,
+    masked_moments,
+    token_rewards,
+    value_moments,
+    whiten,
+)
 from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate, logprob_mismatch
 from .logprobs import entropy_from_logits, selective_log_softmax
 from .loss import AGGREGATIONS, aggregate_loss, clipped_policy_loss, tis_weights
@@ -46,6 +58,14 @@ __all__ = [
     "adaptive_kl_beta",
     "aggregate_loss",
     "cispo_policy_loss",
+    "clipped_value_loss",
+    "explained_variance",
+    "gae_advantages",
+    "last_token_index",
+    "masked_moments",
+    "token_rewards",
+    "value_moments",
+    "whiten",
     "clipped_policy_loss",
     "correction_weights",
     "cov_controlled_loss",

@@ -254,6 +254,9 @@ def group_advantages(
     one that does not apply is an error rather than silently ignored.
     """
     entry = ADVANTAGES.entry(estimator)
+    if entry.critic:
+        raise ValueError(f"estimator {estimator!r} is per-token over a learned critic: call its function "
+                         f"(algo.ADVANTAGES[{estimator!r}].fn) with token rewards and values")
     kwargs = {entry.keyword(name): value for name, value in options.items()}
     if entry.scale is not None:
         kwargs.update(scale=entry.scale if scale is None else scale, eps=eps)

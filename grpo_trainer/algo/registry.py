@@ -25,6 +25,9 @@ class Entry:
     ``scale``    advantages only: the default of ``scale`` for a mean-centred estimator (it then
                  also takes ``scale`` and ``eps``); None: ``scale`` does not apply.
     ``grouped``  advantages only: needs >= 2 samples per prompt (group statistics).
+    ``critic``   advantages only: per-token, from token rewards and a learned value function
+                 (``fn(rewards (N, T), values (N, T), mask (N, T), **keywords) -> (adv, returns)``);
+                 the trainer then trains a critic (critic.py).
     """
 
     name: str
@@ -32,6 +35,7 @@ class Entry:
     options: Mapping[str, str] = field(default_factory=dict)
     scale: str | None = None
     grouped: bool = True
+    critic: bool = False
 
     def bind(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The keywords for ``fn`` from a mapping of algorithm.* values (e.g. ``vars(cfg.algorithm)``)."""
@@ -85,16 +89,17 @@ ADVANTAGES = Registry("advantage estimator")
 POLICY_LOSSES = Registry("policy loss")
 
 
-def register_advantage(name: str, *, scale: str | None = None, grouped: bool = True,
+def register_advantage(name: str, *, scale: str | None = None, grouped: bool = True, critic: bool = False,
                        options: Mapping[str, str] | None = None) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn(rewards (N,), group_size, **keywords) -> (N,)`` as ``name``.
 
     ``scale``: the default scale of a mean-centred estimator, which then gets ``scale=`` and
     ``eps=``; leave None when scaling does not apply. ``grouped=False``: works with one sample
-    per prompt. ``options``: algorithm.<config key> -> keyword of fn.
+    per prompt. ``critic=True``: a per-token estimator over a learned value function (see Entry).
+    ``options``: algorithm.<config key> -> keyword of fn.
     """
     def decorate(fn: Callable) -> Callable:
-        ADVANTAGES.add(Entry(name, fn, dict(options or {}), scale, grouped))
+        ADVANTAGES.add(Entry(name, fn, dict(options or {}), scale, grouped, critic))
         return fn
     return decorate
 
