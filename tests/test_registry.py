@@ -62,7 +62,7 @@ def test_unregistered_names_are_refused_listing_the_registered_ones(toy_estimato
     assert str(exc.value) == ("algorithm.policy_loss='gpso' is not allowed: expected one of 'ppo_clip', 'gspo', "
                               "'gspo_token', 'cispo' (did you mean 'gspo'?)")
     with pytest.raises(ValueError, match=r"^unknown advantage estimator 'ppo'; choose one of grpo, dr_grpo, "
-                                         r"rloo, reinforce, softmax, reinforce_pp, reinforce_pp_baseline, toy$"):
+                                         r"rloo, reinforce, softmax, reinforce_pp, reinforce_pp_baseline, gae, toy$"):
         algo.group_advantages(torch.zeros(2), 2, "ppo")
 
 
