@@ -4,6 +4,9 @@ Layout of `<output_dir>/checkpoint-000012/`:
     model/              HF format (config, safetensors, tokenizer): loadable by transformers and vLLM;
                         with LoRA these are the merged weights (base + adapter)
     adapter/            LoRA only: the peft adapter (PeftModel.from_pretrained(base, adapter/))
+    critic/             algorithm.advantage=gae only: the critic, HF `*ForTokenClassification` with
+                        num_labels=1 (AutoModelForTokenClassification.from_pretrained(critic/); the
+                        value head is its `score` layer); its optimizer and scheduler are in state/
     state/              accelerate state: optimizer, scheduler, every process's RNG; the model's
                         weights only under DeepSpeed (its own format, partitioned)
 
@@ -144,7 +147,7 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step: int,
-                    trainer_state: dict, keep_last: int) -> Path:
+                    trainer_state: dict, keep_last: int, critic=None) -> Path:
     """Collective: every process must call it. Returns the final checkpoint directory.
 
     A failure while writing (ENOSPC, EACCES, ...) removes the partial temporary directory and
@@ -173,6 +176,7 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
         state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards (collective)
         unwrapped = accelerator.unwrap_model(model)
         merged = _merged_weights(accelerator, unwrapped) if is_peft(unwrapped) else None  # collective too
+        critic_state = None if critic is None else accelerator.get_state_dict(critic)  # collective too
         if accelerator.is_main_process:
             if merged is not None:  # LoRA: the adapter, plus merged weights any loader can read
                 unwrapped.save_pretrained(tmp / "adapter", state_dict=state_dict)  # keeps only lora_ tensors
@@ -180,6 +184,10 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
             else:
                 unwrapped.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
+            if critic_state is not None:  # the ValueModel's `backbone.` prefix dropped: HF's own names
+                accelerator.unwrap_model(critic).backbone.save_pretrained(
+                    tmp / "critic", state_dict={k.removeprefix("backbone."): v for k, v in critic_state.items()},
+                    safe_serialization=True)
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             kill_point("save_model", step)
             _fsync_tree(tmp)
@@ -302,7 +310,7 @@ def clear_run(output_dir: str | Path) -> None:
     log.info("trainer.overwrite: cleared the previous run in %s", root)
 
 
-def load_checkpoint(accelerator, path: Path, model) -> dict:
+def load_checkpoint(accelerator, path: Path, model, critic=None) -> dict:
     """Restore model/optimizer/scheduler/RNG in place; return the trainer state. Damage that the
     manifest's sampled checksums missed still ends in one line (DamagedCheckpoint), not a traceback."""
     state = path / "state"
@@ -314,9 +322,13 @@ def load_checkpoint(accelerator, path: Path, model) -> dict:
     # loads no model; they are read from model/ or adapter/ below.
     hook = None if own_copy else accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
     try:
+        if critic is not None and not (path / "critic").is_dir():
+            raise FileNotFoundError("it has no critic/: it was written by a run without algorithm.advantage=gae")
         accelerator.load_state(str(state))
         if not own_copy:
             _load_weights(accelerator.unwrap_model(model), path)
+            if critic is not None:
+                _load_weights(accelerator.unwrap_model(critic).backbone, path, "critic")
         return json.loads((path / "trainer_state.json").read_text())
     except Exception as exc:  # noqa: BLE001 - safetensors, pickle and json each raise their own kind
         raise DamagedCheckpoint(f"{path} cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
@@ -326,7 +338,7 @@ def load_checkpoint(accelerator, path: Path, model) -> dict:
             hook.remove()
 
 
-def _load_weights(model, path: Path) -> None:
+def _load_weights(model, path: Path, sub: str = "model") -> None:
     """Put a checkpoint's saved weights into `model` in place: the adapter's over the base weights
     with LoRA (the base is frozen: the trainer's freshly loaded one is the one trained with), else
     every tensor of model/ (weights tied to another, e.g. lm_head to the embedding, are saved once)."""
@@ -339,9 +351,9 @@ def _load_weights(model, path: Path) -> None:
         if result.unexpected_keys:
             raise ValueError(f"adapter/ does not fit this model: {result.unexpected_keys[:3]} ...")
         return
-    files = sorted((path / "model").glob("*.safetensors"))
+    files = sorted((path / sub).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{path / 'model'} has no .safetensors weights")
+        raise FileNotFoundError(f"{path / sub} has no .safetensors weights")
     saved = {}
     for f in files:
         saved.update(load_file(str(f)))
@@ -349,4 +361,4 @@ def _load_weights(model, path: Path) -> None:
     loaded = {t.data_ptr() for n, t in model.state_dict().items() if n in saved}
     untied = [n for n in missing if model.state_dict()[n].data_ptr() not in loaded]
     if untied or unexpected:
-        raise ValueError(f"model/ does not fit this model: missing {untied[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(f"{sub}/ does not fit this model: missing {untied[:3]}, unexpected {unexpected[:3]}")

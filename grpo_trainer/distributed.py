@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 
 import torch
@@ -115,3 +116,46 @@ def prepare_reference(acc, model: torch.nn.Module):
     engine, *_ = deepspeed.initialize(model=model, config=ds)
     engine.eval()
     return engine
+
+
+def prepare_second(acc, model, optimizer, scheduler, max_grad_norm: float):
+    """Prepare a second trained model (the PPO critic) beside the policy: (model, optimizer,
+    scheduler, engine wrapper or None). Under DeepSpeed accelerate builds it a DeepSpeed engine of
+    its own (saved and loaded with the policy's by save_state/load_state) but would also make it
+    the engine `acc.backward` drives; the policy's stays that one, and the critic gets its own
+    wrapper (`backward` below), with its own clipping norm."""
+    plugin = deepspeed_plugin(acc)
+    if plugin is None:
+        return (*acc.prepare(model, optimizer, scheduler), None)
+    from accelerate.utils.deepspeed import DeepSpeedEngineWrapper
+
+    policy, ds = acc.deepspeed_engine_wrapped, plugin.deepspeed_config
+    clip, ds["gradient_clipping"] = ds["gradient_clipping"], max_grad_norm
+    try:
+        engine, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    finally:
+        ds["gradient_clipping"] = clip
+        acc.deepspeed_engine_wrapped = policy
+    return engine, optimizer, scheduler, DeepSpeedEngineWrapper(engine)
+
+
+def backward(acc, loss: torch.Tensor, engine=None, last: bool = True) -> None:
+    """`acc.backward`, or a second model's DeepSpeed engine (`prepare_second`): it steps when `last`."""
+    if engine is None:
+        acc.backward(loss)
+    else:
+        engine.backward(loss, sync_gradients=last)
+
+
+def clip_and_step(acc, model, optimizer, max_grad_norm: float, engine=None) -> float:
+    """After a mini-batch's backward passes: clip, step (unless the norm is not finite) and zero
+    the gradients; returns the norm. A second model's DeepSpeed engine did all of it in its last
+    backward."""
+    if engine is not None:
+        norm = engine.get_global_grad_norm()
+        return math.nan if norm is None else float(norm)
+    norm = float(acc.clip_grad_norm_(model.parameters(), max_grad_norm))
+    if math.isfinite(norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm

@@ -153,11 +153,10 @@ def micro_batches(rows: list[int], prompts: list[list[int]], completions: list[l
             for p in plan]
 
 
-def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy: bool = False,
-                        share_prompt: bool = True):
-    """log pi(o_t | q, o_<t) at completion positions, with the sampling temperature applied.
-
-    Returns (logp (M, C), entropy (M, C) or None)."""
+def completion_outputs(model, mb: MicroBatch, share_prompt: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The model's output at every position that predicts a completion token, as parts
+    [(outputs (M, c, ·), the tokens they predict (M, c))] whose c add up to C. The policy's outputs
+    are logits; the critic's (critic.py) values, one per state before each token."""
     C = mb.completion_ids.shape[1]
     if share_prompt:
         # 1. Each distinct prompt once; the last position's logits predict completion token 0.
@@ -173,18 +172,24 @@ def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy:
         comp = model(input_ids=mb.completion_ids, attention_mask=mb.attention_mask, position_ids=positions,
                      past_key_values=cache, use_cache=True, logits_to_keep=C)
         # Completion position t predicts token t+1 (its last predicts nothing); the prompt's last
-        # position predicts token 0. Scored apart, so the (M, C, V) logits are never copied.
-        parts = [(out.logits[mb.prompt_index], mb.completion_ids[:, :1]),
-                 (comp.logits[:, :-1], mb.completion_ids[:, 1:])]
-    else:
-        attention = mb.attention_mask
-        input_ids = torch.cat([mb.prompt_ids[mb.prompt_index], mb.completion_ids], dim=1)  # (M, P+C)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    logits_to_keep=C + 1, use_cache=False)
-        parts = [(out.logits[:, :-1], mb.completion_ids)]  # position t predicts completion token t
+        # position predicts token 0. Kept apart, so the (M, C, V) logits are never copied.
+        return [(out.logits[mb.prompt_index], mb.completion_ids[:, :1]),
+                (comp.logits[:, :-1], mb.completion_ids[:, 1:])]
+    attention = mb.attention_mask
+    input_ids = torch.cat([mb.prompt_ids[mb.prompt_index], mb.completion_ids], dim=1)  # (M, P+C)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                logits_to_keep=C + 1, use_cache=False)
+    return [(out.logits[:, :-1], mb.completion_ids)]  # position t predicts completion token t
+
+
+def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy: bool = False,
+                        share_prompt: bool = True):
+    """log pi(o_t | q, o_<t) at completion positions, with the sampling temperature applied.
+
+    Returns (logp (M, C), entropy (M, C) or None)."""
     logp, entropy = [], []
-    for logits, targets in parts:  # logits (M, c, V), targets (M, c)
+    for logits, targets in completion_outputs(model, mb, share_prompt):  # logits (M, c, V), targets (M, c)
         if temperature != 1.0:
             logits = logits / temperature
         logp.append(selective_log_softmax(logits, targets))

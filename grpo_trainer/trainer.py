@@ -3,6 +3,10 @@
     collect (rollout -> reward -> filter) -> (KL in reward) -> advantage -> update -> weight sync
     -> metrics (one collective) -> log -> checkpoint
 
+With algorithm.advantage=gae (PPO with a learned critic) the advantage step is per token: the
+critic values every state, GAE turns token rewards and those values into advantages and returns,
+and after the policy update the critic regresses on the returns (critic.py).
+
 The step's data is one rollout record (record.py) from collection to the loss; collection and
 the dynamic-sampling loop live in collect.py, scoring in scoring.py (shared with evaluate).
 
@@ -27,6 +31,7 @@ from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, 
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
 from grpo_trainer.collect import collect, rollout_seed
+from grpo_trainer.critic import Critic
 from grpo_trainer.eval_settings import correctness_spec
 from grpo_trainer.faults import NonFiniteGuard, kill_point, raise_if_engine_diverged, sync_sabotaged
 from grpo_trainer.metrics import MetricsLogger, PhaseTimer
@@ -130,6 +135,11 @@ class GRPOTrainer:
                                      r.temperature, t.micro_batch_size, t.max_grad_norm, r.max_completion_length,
                                      guard=self.guard, micro_batch_tokens=t.micro_batch_tokens,
                                      share_prompt=not cfg.model.gradient_checkpointing)
+        self.critic = None
+        if algo.ADVANTAGES[a.advantage].critic:
+            with console.phase("loading the critic"):
+                self.critic = Critic(acc, cfg.critic, a, self.model_path, cfg.model, t.max_steps,
+                                     share_prompt=not cfg.model.gradient_checkpointing)
         self._eval_reward_fn = None  # built on the first evaluation when the training rewards cannot serve
         self.logger = MetricsLogger(self.run_dir, acc.is_main_process, t.max_steps, t.report_to, cfg.to_dict())
         self.step = 0
@@ -190,22 +200,37 @@ class GRPOTrainer:
                           seed=lambda r: rollout_seed(cfg.rollout.seed, self.step, r, acc.process_index), timer=timer)
             self.engine.sleep()  # rollout.sleep: the update gets the engine's GPU memory; the push restores it
             curriculum = self._observe_pass_rates(got.generated) if cfg.data.pass_rate_filter is not None else {}
-            record = got.record
-            if self.ref is not None and self.beta > 0 and a.kl_mode == "reward":
-                record = self._kl_penalised(record, stats)
-            record = record.with_advantages(self._advantages(record.rewards) * got.weight)
-            t = cfg.trainer
+            record, t = got.record, cfg.trainer
+            kl_reward = self.ref is not None and self.beta > 0 and a.kl_mode == "reward"
+            if self.critic is not None:
+                with timer("critic"):
+                    record, values, returns = self._gae(record, stats, kl_reward, got.weight)
+            else:
+                if kl_reward:
+                    record = self._kl_penalised(record, stats)
+                record = record.with_advantages(self._advantages(record.rewards) * got.weight)
             logged = sample_rows(self.step, t.max_steps, t.log_samples_every, t.num_log_samples, record)
             self.updater.capture = set(logged) if acc.is_main_process else set()  # their per-token values
+            seed, frozen = t.seed * 1_000_003 + self.step, self.step <= t.critic_warmup  # warmup: critic only
             with timer("train"):
-                self.updater.run(record, self.beta, stats, seed=cfg.trainer.seed * 1_000_003 + self.step)
-                self.scheduler.step()
+                if frozen:
+                    self.updater.skip(record, stats, seed=seed)
+                else:
+                    self.updater.run(record, self.beta, stats, seed=seed)
+                    self.scheduler.step()
+            if self.critic is not None:
+                with timer("critic"):
+                    self.critic.update(record, values, returns, stats)
+                    self.critic.scheduler.step()
             with timer("sync"):
-                self.sync_weights()
+                if not frozen:
+                    self.sync_weights()
         add_rollout_stats(stats, got.generated)
         reduced, labels = stats.reduce(acc), list(record.components)  # the step's one collective for metrics
         self.reward_guard.update(finite_counts(reduced, labels), self.step, acc.is_main_process)
         metrics = {**self.updater.metrics(reduced), **rollout_metrics(reduced, labels)}
+        if self.critic is not None:
+            metrics.update(self.critic.metrics(reduced))
         if "kl_reward/sum" in reduced:  # KL in the reward: its per-token value is the KL logged and controlled
             metrics["train/kl"] = reduced["kl_reward/sum"] / max(reduced["kl_reward/tokens"], 1.0)
         self._after_update(metrics["train/kl"])
@@ -244,9 +269,9 @@ class GRPOTrainer:
         every = gather_object(pairs)
         return self.sampler.observe(self.step, [i for i, _ in every], [rate for _, rate in every])
 
-    def _kl_penalised(self, record: RolloutRecord, stats: StepStats) -> RolloutRecord:
-        """The reward less beta * sum_t (log pi_old - log pi_ref), the k1 KL of each completion;
-        its per-token mean over the step is logged (and steers beta) as train/kl."""
+    def _reference_kl(self, record: RolloutRecord, stats: StepStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C) log pi_old - log pi_ref of every sampled token (k1), 0 at padding, and (N,) its row sums. The
+        per-token mean over the step is logged (and steers beta) as train/kl."""
         ref = record_logprobs(self.ref, record, self.acc.device, self.cfg.rollout.temperature,
                               self.cfg.trainer.micro_batch_size, self.cfg.trainer.micro_batch_tokens,
                               self.updater.share_prompt)
@@ -255,7 +280,25 @@ class GRPOTrainer:
         kl = torch.stack([diff[i, :n].sum() for i, n in enumerate(record.completion_lens.tolist())])
         stats.add("kl_reward/sum", kl.sum().item())
         stats.add("kl_reward/tokens", float(record.num_tokens))
-        return replace(record, rewards=record.rewards - self.beta * kl)
+        return diff, kl
+
+    def _kl_penalised(self, record: RolloutRecord, stats: StepStats) -> RolloutRecord:
+        """The reward less beta * sum_t (log pi_old - log pi_ref), the k1 KL of each completion."""
+        return replace(record, rewards=record.rewards - self.beta * self._reference_kl(record, stats)[1])
+
+    def _gae(self, record: RolloutRecord, stats: StepStats, kl_reward: bool, weight: float):
+        """PPO's advantages: the critic's old values, token rewards (the score on the last trained
+        token, less beta * KL on each with KL in the reward), GAE, whitened over all processes.
+        Returns (record with advantages, old values (N, C), returns (N, C))."""
+        a, acc, mask = self.cfg.algorithm, self.acc, record.loss_mask
+        values = self.critic.values(record)
+        kl = self._reference_kl(record, stats)[0] if kl_reward else None
+        rewards = algo.token_rewards(record.rewards, mask, kl, self.beta)
+        adv, returns = algo.gae_advantages(rewards, values, mask, a.gamma, a.lam)
+        if a.whiten_advantages:
+            moments = acc.reduce(algo.masked_moments(adv, mask).to(acc.device), "sum").cpu()
+            adv = algo.whiten(adv, mask, moments)
+        return replace(record, advantages=adv * weight), values, returns
 
     def _after_update(self, kl: float) -> None:
         a = self.cfg.algorithm
@@ -305,7 +348,7 @@ class GRPOTrainer:
         state = {"step": self.step, "model_name_or_path": self.cfg.model.name_or_path, "beta": self.beta,
                  **{name: obj.state_dict() for name, obj in self.stateful.items()}}
         return save_checkpoint(self.acc, self.model, self.tokenizer, self.run_dir, self.step, state,
-                               self.cfg.trainer.keep_last)
+                               self.cfg.trainer.keep_last, critic=None if self.critic is None else self.critic.model)
 
     def _resume(self, path: Path) -> None:
         with console.phase(f"loading {path.name} and pushing its weights to the engine"):
@@ -313,7 +356,7 @@ class GRPOTrainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def _load(self, path: Path) -> None:
-        state = load_checkpoint(self.acc, path, self.model)
+        state = load_checkpoint(self.acc, path, self.model, None if self.critic is None else self.critic.model)
         self.step = int(state["step"])
         for name, obj in self.stateful.items():
             if name in state:

@@ -152,16 +152,28 @@ class PolicyUpdater:
             if stop:
                 break
 
+        rows = sum(len(mb.rows) for m in minis for mb, d in zip(m["mbs"], m["dummy"]) if not d)
+        self._add_stats(stats, sums, canary, rows, passes, float(grad_norm))
+
+    def skip(self, record: RolloutRecord, stats: StepStats, seed: int = 0) -> None:
+        """No update this step (trainer.critic_warmup): the same metric names as `run`, measuring
+        nothing (their logged values are NaN)."""
+        entropy_control.select_tokens(self.acc, record, self.a, seed, stats)
+        sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",
+                              "old_new_tokens", "tis"), 0.0)
+        self._add_stats(stats, sums, {}, 0, 0, 0.0)
+
+    @staticmethod
+    def _add_stats(stats: StepStats, sums: dict, canary: dict, rows: int, passes: int, grad_norm: float) -> None:
         for key, value in sums.items():
             stats.add(f"update/{key}", value)
         for key in ("k3", "tokens", "abs_diff", "tokens_out", "seqs_out", "seqs", "corrected"):
             stats.add(f"update/canary_{key}", canary.get(key, 0.0))
         stats.peak("update/canary_max_diff", canary.get("max_abs_diff", 0.0))
-        stats.add("update/rows_trained", float(sum(len(mb.rows) for m in minis
-                                                   for mb, d in zip(m["mbs"], m["dummy"]) if not d)))
+        stats.add("update/rows_trained", float(rows))
         # The same on every process (a global norm, a common decision to stop).
         stats.peak("update/passes", float(passes))
-        stats.peak("update/grad_norm", float(grad_norm))
+        stats.peak("update/grad_norm", grad_norm)
 
     def metrics(self, tot: dict[str, float]) -> dict:
         """The logged train/* and mismatch/* metrics from the step's reduced StepStats. A value that
@@ -173,7 +185,8 @@ class PolicyUpdater:
         per_token = lambda key: tot[key] / tok if trained else math.nan  # noqa: E731
         # No trained token anywhere (every advantage 0): nothing was compared, which is not "no mismatch".
         seen = tot["update/canary_tokens"] > 0
-        return {"train/loss": tot["update/loss"] / tot["update/passes"], "train/entropy": per_token("update/entropy"),
+        passes = tot["update/passes"]
+        return {"train/loss": tot["update/loss"] / passes if passes else math.nan, "train/entropy": per_token("update/entropy"),
                 # With KL in the reward the trainer logs that one instead.
                 "train/kl": per_token("update/kl") if self.ref is not None else math.nan,
                 "train/clip_frac_low": per_token("update/clip_low"),
@@ -181,7 +194,7 @@ class PolicyUpdater:
                 "train/kl_old_new": (tot["update/old_new_kl"] / tot["update/old_new_tokens"]
                                      if need_old and tot["update/old_new_tokens"] > 0 else math.nan),
                 "train/tis_weight_mean": per_token("update/tis") if a.rollout_correction.level is not None else math.nan,
-                "train/grad_norm": tot["update/grad_norm"], "train/passes": tot["update/passes"],
+                "train/grad_norm": tot["update/grad_norm"] if passes else math.nan, "train/passes": tot["update/passes"],
                 "mismatch/kl": tot["update/canary_k3"] / tot["update/canary_tokens"] if seen else math.nan,
                 "mismatch/max_abs_logp_diff": tot["update/canary_max_diff"] if seen else math.nan,
                 "mismatch/tokens": tot["update/canary_tokens"], "train/rows_trained": tot["update/rows_trained"],

@@ -4,7 +4,8 @@ the resulting weights from the main process.
 
     accelerate launch --config_file CFG tests/one_update.py OUT.pt key=value ...
 
-The batch does not come from sampling, so a 1-process and a 2-process run see exactly the same
+With algorithm.advantage=gae the fixed numbers are the rows' scores, and the critic is updated
+too (its weights saved beside the policy's). The batch does not come from sampling, so a 1-process and a 2-process run see exactly the same
 global batch and their weights can be compared."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from grpo_trainer.config import load_config
 from grpo_trainer.record import RolloutRecord
 from grpo_trainer.rollout import RolloutBatch
+from grpo_trainer.step_stats import StepStats
 from grpo_trainer.trainer import GRPOTrainer
 from grpo_trainer.update import record_logprobs
 
@@ -49,10 +51,22 @@ def main() -> None:
         logp = record_logprobs(trainer.model, record, acc.device, trainer.cfg.rollout.temperature, 8)
         shift = torch.tensor(SHIFTS[lo * G:hi * G])[:, None]
         record = dataclasses.replace(record, logprobs=torch.where(record.valid, logp + shift, 0.0))
-    metrics = trainer.updater.update(record.with_advantages(advantages[lo * G:hi * G]), trainer.beta)
+    if trainer.critic is None:
+        metrics = trainer.updater.update(record.with_advantages(advantages[lo * G:hi * G]), trainer.beta)
+    else:  # PPO: the fixed numbers are the scores; GAE (whitened over both processes) makes the advantages
+        stats = StepStats()
+        record = dataclasses.replace(record, rewards=advantages[lo * G:hi * G].clone())
+        record, values, returns = trainer._gae(record, stats, False, 1.0)
+        trainer.updater.run(record, trainer.beta, stats)
+        trainer.critic.update(record, values, returns, stats)
+        reduced = stats.reduce(acc)
+        metrics = {**trainer.updater.metrics(reduced), **trainer.critic.metrics(reduced)}
     state = acc.get_state_dict(trainer.model)
+    critic = None if trainer.critic is None else acc.get_state_dict(trainer.critic.model)
     if acc.is_main_process:
-        torch.save({"weights": {k: v.detach().cpu().clone() for k, v in state.items()}, "metrics": metrics}, out)
+        torch.save({"weights": {k: v.detach().cpu().clone() for k, v in state.items()}, "metrics": metrics,
+                    "critic": None if critic is None else {k: v.detach().cpu().clone() for k, v in critic.items()}},
+                   out)
     acc.wait_for_everyone()
 
 

@@ -195,3 +195,48 @@ def test_clip_cov_chooses_the_same_tokens_in_one_and_two_processes(tiny_llama: P
     assert other["metrics"]["train/grad_norm"] == pytest.approx(single["metrics"]["train/grad_norm"], rel=1e-5)
     gaps = torch.cat([(other["weights"][k] - single["weights"][k]).abs().flatten() for k in single["weights"]])
     assert int((gaps > 1e-5).sum()) <= 10 and gaps.max().item() < 1e-4
+
+
+PPO = ("algorithm.advantage=gae", "critic.enabled=true", "critic.learning_rate=1e-4", "algorithm.gamma=0.9",
+       "algorithm.lam=0.8", "algorithm.num_mini_batches=2", "algorithm.value_clip=0.0005")
+
+
+def _close(a: dict, b: dict, what: str) -> None:
+    assert set(a) == set(b)
+    gaps = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    # As above: a handful of weights whose gradient is near Adam's eps may move by up to ~lr.
+    assert int((gaps > 1e-5).sum()) <= 10 and gaps.max().item() < 1e-4, (what, gaps.max().item())
+
+
+def test_ppo_critic_and_policy_update_the_same_in_1_vs_4_micro_batches_and_1_vs_2_processes(tiny_llama: Path,
+                                                                                             tmp_path: Path):
+    # 8 rows in 2 mini-batches of 4: micro-batch 4 runs one micro-batch per mini-batch, 1 runs four.
+    one = _one_update("cpu", tiny_llama, tmp_path / "one.pt", *PPO, "trainer.micro_batch_size=4",
+                      "critic.micro_batch_size=4")
+    base = load_file(tiny_llama / "model.safetensors")
+    moved = {k for k in one["critic"] if k.removeprefix("backbone.") in base
+             and not torch.equal(one["critic"][k], base[k.removeprefix("backbone.")])}
+    assert len(moved) > len(base) // 2  # the critic's trunk learned, not only its head
+    assert one["critic"]["backbone.score.weight"].abs().max() > 0  # the head left 0
+    assert 0 < one["metrics"]["critic/value_clip_frac"] < 1  # the second mini-batch's values hit the band
+    four = _one_update("cpu", tiny_llama, tmp_path / "four.pt", *PPO, "trainer.micro_batch_size=1",
+                       "critic.micro_batch_size=1")
+    two = _one_update("cpu_ddp", tiny_llama, tmp_path / "two.pt", *PPO, "trainer.micro_batch_size=4",
+                      "critic.micro_batch_size=4")
+    zero2 = _one_update("cpu_zero2", tiny_llama, tmp_path / "zero2.pt", *PPO)
+    for name, other in (("4 micro-batches", four), ("2 processes", two), ("ZeRO-2", zero2)):
+        _close(one["weights"], other["weights"], f"policy, {name}")
+        _close(one["critic"], other["critic"], f"critic, {name}")
+        for key in ("critic/explained_var", "critic/grad_norm", "train/grad_norm"):
+            assert other["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5), (name, key)
+        for key in ("critic/value_loss", "train/loss"):  # float32 sums over micro-batches, in another order
+            assert other["metrics"][key] == pytest.approx(one["metrics"][key], abs=1e-6), (name, key)
+
+
+def test_ppo_critic_is_refused_under_zero3_in_one_line(tiny_llama: Path, tmp_path: Path):
+    proc = launch("cpu_zero3", [str(REPO / "tests/one_update.py"), str(tmp_path / "x.pt"),
+                                f"model.name_or_path={tiny_llama}", f"trainer.output_dir={tmp_path / 'run'}",
+                                "data.num_examples=16", "rollout.backend=hf", "rollout.num_generations=2",
+                                "trainer.prompts_per_step=4", *PPO])
+    assert proc.returncode != 0
+    assert "ZeRO-3 does not support here: launch with configs/accelerate/cpu_zero2.yaml" in proc.stderr

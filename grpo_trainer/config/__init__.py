@@ -17,6 +17,7 @@ from grpo_trainer.config.schema import (
     AlgorithmConfig,
     Config,
     ConfigError,
+    CriticConfig,
     DataConfig,
     LoraConfig,
     ModelConfig,
@@ -26,7 +27,7 @@ from grpo_trainer.config.schema import (
     TrainerConfig,
 )
 
-__all__ = ["AlgorithmConfig", "Config", "ConfigError", "DataConfig", "DEFAULT_DIFF_IGNORE", "LoraConfig",
+__all__ = ["AlgorithmConfig", "Config", "ConfigError", "CriticConfig", "DataConfig", "DEFAULT_DIFF_IGNORE", "LoraConfig",
            "ModelConfig", "RewardConfig", "RolloutConfig", "RolloutCorrectionConfig",
            "TrainerConfig", "config_diff", "load_config",
            "parse_override", "save_config", "validate"]

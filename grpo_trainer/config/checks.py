@@ -165,12 +165,18 @@ _RANGES = [
      "algorithm.num_mini_batches algorithm.max_gen_rounds "
      "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
      "trainer.eval_examples "
-     "trainer.keep_last trainer.max_bad_steps trainer.max_no_reward_steps model.lora.r data.filter_cooldown"),
+     "trainer.keep_last trainer.max_bad_steps trainer.max_no_reward_steps model.lora.r data.filter_cooldown "
+     "critic.micro_batch_size"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
-     "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every"),
+     "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every "
+     "trainer.critic_warmup critic.warmup_steps"),
     ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
-     "trainer.learning_rate trainer.max_grad_norm model.lora.alpha"),
+     "trainer.learning_rate trainer.max_grad_norm model.lora.alpha critic.learning_rate critic.max_grad_norm"),
+    ("a float in (0, 1]", lambda v: 0 < v <= 1, "algorithm.gamma"),
+    ("a float in [0, 1]", lambda v: 0 <= v <= 1, "algorithm.lam"),
+    ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.value_clip"),
+    ("a float >= 0", lambda v: v >= 0, "critic.weight_decay"),
     ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay "
      "algorithm.overlong_penalty_factor algorithm.gspo_eps_high algorithm.cispo_eps_high"),
     ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.kl_target algorithm.target_kl "
@@ -185,7 +191,8 @@ _RANGES = [
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "rollout.top_p rollout.gpu_memory_utilization"),
     ("a float in [0, 1)", lambda v: 0 <= v < 1, "algorithm.eps_low algorithm.gspo_eps_low trainer.adam_beta1 "
      "trainer.adam_beta2 model.lora.dropout"),
-    ("null or an integer >= 1", lambda v: v is None or v >= 1, "data.num_examples trainer.micro_batch_tokens"),
+    ("null or an integer >= 1", lambda v: v is None or v >= 1, "data.num_examples trainer.micro_batch_tokens "
+     "critic.micro_batch_tokens"),
     ("null or a float > 1", lambda v: v is None or v > 1, "algorithm.dual_clip_c"),
     ("an integer in 1..4", lambda v: 1 <= v <= 4, "data.difficulty"),
     ("-1 (off) or an integer >= 1", lambda v: v == -1 or v >= 1, "rollout.top_k"),
@@ -252,6 +259,17 @@ def _check_algorithm(cfg: Config) -> None:
         raise ConfigError(
             f"rollout.num_generations={r.num_generations} is too small for algorithm.advantage={a.advantage!r}: "
             f"group estimators need >= 2 samples per prompt (or use algorithm.advantage='reinforce')")
+    critic = estimators[a.advantage].critic
+    if critic and not cfg.critic.enabled:
+        raise ConfigError(f"algorithm.advantage={a.advantage!r} learns a value function: set critic.enabled=true "
+                          "(and critic.learning_rate, ...), or choose a critic-free estimator such as grpo")
+    if cfg.critic.enabled and not critic:
+        critics = [name for name, e in estimators.items() if e.critic]
+        raise ConfigError(f"critic.enabled=true but algorithm.advantage={a.advantage!r} does not use a critic: "
+                          f"set algorithm.advantage to {' or '.join(map(repr, critics))}, or critic.enabled=false")
+    if cfg.trainer.critic_warmup and not cfg.critic.enabled:
+        raise ConfigError(f"trainer.critic_warmup={cfg.trainer.critic_warmup} needs a critic: set "
+                          "algorithm.advantage=gae and critic.enabled=true, or trainer.critic_warmup=0")
     if a.scale is not None and estimators[a.advantage].scale is None:
         scaled = [name for name, e in estimators.items() if e.scale is not None]  # the mean-centred ones
         raise ConfigError(

@@ -45,6 +45,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # algorithm.advantage=gae: the critic's starting weights (a critic checkpoint's critic/ directory,
+    # or any HF model of the policy's architecture); None: the policy's own weights, value head at 0.
+    critic_path: Optional[str] = None
 
 
 @dataclass
@@ -154,6 +157,28 @@ class AlgorithmConfig:
     clip_cov_high: float = 5.0
     kl_cov_ratio: float = 2e-3  # fraction of loss tokens KL-Cov penalises: those of largest cov
     kl_cov_coef: float = 1.0  # the penalty kl_cov_coef * |log pi - log pi_old| on them
+    # advantage=gae (PPO with a learned critic, algo/gae.py): discount and GAE lambda; the critic's
+    # clipped value loss band (null: unclipped); whitening of the advantages over the global batch.
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: Optional[float] = 0.2
+    whiten_advantages: bool = True
+
+
+@dataclass
+class CriticConfig:
+    """The learned value function of algorithm.advantage=gae (critic.py): a copy of the policy's
+    architecture with a scalar value head, trained with its own optimizer, scheduler and
+    micro-batching on the same mini-batches as the policy."""
+
+    enabled: bool = False
+    learning_rate: float = 1e-5
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 4
+    micro_batch_tokens: Optional[int] = None
 
 
 @dataclass
@@ -212,6 +237,8 @@ class TrainerConfig:
     max_mismatch_kl: Optional[float] = 0.1
     # Start fresh in an output_dir that holds another run (its checkpoints and logs are deleted).
     overwrite: bool = False
+    # algorithm.advantage=gae: the first N steps train only the critic (the policy is frozen).
+    critic_warmup: int = 0
 
 
 @dataclass
@@ -222,6 +249,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     # None: start fresh; "auto": newest checkpoint in output_dir; or a checkpoint path.
     resume: Optional[str] = None
 
