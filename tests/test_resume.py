@@ -265,3 +265,26 @@ def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(forker, tin
     assert "the previous checkpoint (checkpoint-000006) is intact" in last
     assert [s for s, _ in list_checkpoints(run)] == [5, 6] and not list(run.glob(".tmp-*"))
     assert {p: p.read_bytes() for p in (run / "checkpoint-000006").rglob("*") if p.is_file()} == before
+
+
+def test_exact_resume_with_a_ppo_critic(forker, tiny, tmp_path):
+    # Killed right after step 2 (before its checkpoint): resume from step 1's, redo step 2, then 3.
+    # The critic's weights and optimizer must come back bit for bit, as the policy's do.
+    extra = ("algorithm.advantage=gae", "critic.enabled=true", "critic.learning_rate=1e-3", "trainer.critic_warmup=1",
+             "rollout.num_generations=2", "algorithm.num_mini_batches=2")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert forker.run(argv(tiny, straight, 3, *extra)) == 0, forker.log.read_text()[-3000:]
+    assert forker.run(argv(tiny, killed, 3, *extra), {"GRPO_TRAINER_TEST_KILL_AT": "step@2"}) == -signal.SIGKILL
+    assert forker.run(argv(tiny, killed, 3, "resume=auto", *extra)) == 0, forker.log.read_text()[-3000:]
+    assert "at step 1" in forker.log.read_text()
+    same_run(straight, killed, 3)
+    ca = load_file(straight / "checkpoint-000003" / "critic" / "model.safetensors")
+    cb = load_file(killed / "checkpoint-000003" / "critic" / "model.safetensors")
+    assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
+    oa = torch.load(straight / "checkpoint-000003/state/optimizer_1.bin", weights_only=True)["state"]
+    ob = torch.load(killed / "checkpoint-000003/state/optimizer_1.bin", weights_only=True)["state"]
+    assert oa and all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
+    metrics = rows(straight / "metrics.jsonl")
+    # Step 1 is the critic's warmup: the policy is not updated (no pass), the critic is.
+    assert metrics[0]["train/passes"] == 0 and metrics[0]["critic/value_loss"] > 0
+    assert metrics[1]["train/passes"] == 1
