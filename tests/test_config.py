@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 TRAINER_KEYS = ("output_dir, max_steps, prompts_per_step, micro_batch_size, micro_batch_tokens, learning_rate, lr_scheduler, "
                 "warmup_steps, weight_decay, adam_beta1, adam_beta2, max_grad_norm, seed, save_every, keep_last, "
-                "log_samples_every, num_log_samples, report_to, torch_threads, eval_every, eval_examples, mixed_precision, max_bad_steps, max_no_reward_steps, max_mismatch_kl, overwrite")
-TOP_KEYS = "model, data, rollout, algorithm, reward, trainer, resume"
+                "log_samples_every, num_log_samples, report_to, torch_threads, eval_every, eval_examples, mixed_precision, max_bad_steps, max_no_reward_steps, max_mismatch_kl, overwrite, critic_warmup")
+TOP_KEYS = "model, data, rollout, algorithm, reward, trainer, critic, resume"
 
 
 def recipe(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
@@ -394,7 +394,7 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
                           "kl_mode, kl_target, ref_reset_every, softmax_beta, reinforce_baseline, num_iterations, "
                           "num_mini_batches, target_kl, rollout_correction, tis_cap, entropy_coef, skip_zero_advantage, dynamic_sampling, max_gen_rounds, "
                           "overlong_filter, overlong_penalty, overlong_cache_len, overlong_penalty_factor, entropy_control, "
-                          "clip_cov_ratio, clip_cov_low, clip_cov_high, kl_cov_ratio, kl_cov_coef"),
+                          "clip_cov_ratio, clip_cov_low, clip_cov_high, kl_cov_ratio, kl_cov_coef, gamma, lam, value_clip, whiten_advantages"),
 ])
 def test_unknown_keys(override, expected):
     assert error(None, [override]) == expected
