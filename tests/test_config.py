@@ -387,7 +387,7 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
     ("trainer.beta=0.1", f"unknown key 'trainer.beta' (did you mean 'algorithm.beta'?); valid keys in trainer: "
                          f"{TRAINER_KEYS}"),
     ("model.dtyp=float32", "unknown key 'model.dtyp' (did you mean 'model.dtype'?); valid keys in model: "
-                           "name_or_path, dtype, trust_remote_code, gradient_checkpointing, lora"),
+                           "name_or_path, dtype, trust_remote_code, gradient_checkpointing, lora, critic_path"),
     ("algorithm.eps=0.2", "unknown key 'algorithm.eps' (did you mean 'algorithm.eps_low'?); valid keys in algorithm: "
                           "advantage, scale, loss_agg, policy_loss, eps_low, eps_high, dual_clip_c, gspo_eps_low, gspo_eps_high, "
                           "cispo_eps_high, cispo_eps_low, beta, kl_estimator, "
@@ -426,7 +426,7 @@ def test_unknown_top_level_key_in_recipe(tmp_path):
     ("rollout.dtype=bf16", "rollout.dtype='bf16' is not allowed: expected one of 'float32', 'bfloat16', 'float16' "
                            "or null (did you mean 'bfloat16'?)"),
     ("algorithm.advantage=grp0", "algorithm.advantage='grp0' is not allowed: expected one of 'grpo', 'dr_grpo', "
-                                 "'rloo', 'reinforce', 'softmax', 'reinforce_pp', 'reinforce_pp_baseline' "
+                                 "'rloo', 'reinforce', 'softmax', 'reinforce_pp', 'reinforce_pp_baseline', 'gae' "
                                  "(did you mean 'grpo'?)"),
     ("trainer.lr_scheduler=1", "trainer.lr_scheduler=1 is not allowed: expected one of 'cosine', 'linear', 'constant'"),
 ])
