@@ -88,13 +88,14 @@ def apply_landlock(read_paths: list[str], write_paths: list[str]) -> int:
 
 # Denied with EPERM: sockets, process creation and program execution, signals (the child has no
 # business signalling anything: the parent does all killing), tracing and other processes'
-# memory, io_uring (its operations bypass seccomp), namespaces and mounts, BPF, keyrings.
+# memory, io_uring (its operations bypass seccomp), namespaces and mounts, BPF, keyrings, and
+# prctl (which would clear the die-with-parent signal and leave a sleeping orphan).
 _DENY = (
     "socket socketpair connect bind listen accept accept4 fork vfork execve execveat kill tkill "
     "tgkill rt_sigqueueinfo rt_tgsigqueueinfo pidfd_send_signal pidfd_open ptrace process_vm_readv "
     "process_vm_writev io_uring_setup io_uring_enter io_uring_register bpf perf_event_open "
     "userfaultfd keyctl add_key request_key unshare setns mount pivot_root chroot open_tree "
-    "move_mount fsopen fsmount mount_setattr"
+    "move_mount fsopen fsmount mount_setattr prctl"
 ).split()
 # From asm/unistd_64.h and asm-generic/unistd.h (aarch64 has no fork/vfork).
 _X86_64 = dict(socket=41, socketpair=53, connect=42, bind=49, listen=50, accept=43, accept4=288, fork=57,
@@ -103,14 +104,14 @@ _X86_64 = dict(socket=41, socketpair=53, connect=42, bind=49, listen=50, accept=
                process_vm_readv=310, process_vm_writev=311, io_uring_setup=425, io_uring_enter=426,
                io_uring_register=427, bpf=321, perf_event_open=298, userfaultfd=323, keyctl=250,
                add_key=248, request_key=249, unshare=272, setns=308, mount=165, pivot_root=155,
-               chroot=161, open_tree=428, move_mount=429, fsopen=430, fsmount=432, mount_setattr=442,
+               chroot=161, prctl=157, open_tree=428, move_mount=429, fsopen=430, fsmount=432, mount_setattr=442,
                clone=56, clone3=435)
 _AARCH64 = dict(socket=198, socketpair=199, connect=203, bind=200, listen=201, accept=202, accept4=242,
                 execve=221, execveat=281, kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138,
                 rt_tgsigqueueinfo=240, pidfd_send_signal=424, pidfd_open=434, ptrace=117,
                 process_vm_readv=270, process_vm_writev=271, io_uring_setup=425, io_uring_enter=426,
                 io_uring_register=427, bpf=280, perf_event_open=241, userfaultfd=282, keyctl=219,
-                add_key=217, request_key=218, unshare=97, setns=268, mount=40, pivot_root=41, chroot=51,
+                add_key=217, request_key=218, unshare=97, setns=268, mount=40, pivot_root=41, chroot=51, prctl=167,
                 open_tree=428, move_mount=429, fsopen=430, fsmount=432, mount_setattr=442, clone=220,
                 clone3=435)
 _ARCHES = {"x86_64": (0xC000003E, _X86_64), "aarch64": (0xC00000B7, _AARCH64)}

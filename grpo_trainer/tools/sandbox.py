@@ -65,10 +65,14 @@ class _Job:
         with open(os.path.join(self.tmp, CALL_FILE), "wb") as f:
             marshal.dump(call, f)
         self.start = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-u", "-c", _BOOTSTRAP], cwd=self.tmp, env=CLEAN_ENV,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-u", "-c", _BOOTSTRAP], cwd=self.tmp, env=CLEAN_ENV,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, close_fds=True)
+        except BaseException:
+            _rmtree(self.tmp)
+            raise
         self.out, self.err, self.err_total = bytearray(), bytearray(), 0
         self.cap = 4 * limits.output_chars + 4  # bytes: at most 4 per character
         self.why: str | None = None  # "timeout" or "output" when the parent stopped it

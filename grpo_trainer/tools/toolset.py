@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import sys
 import threading
@@ -11,6 +12,8 @@ import threading
 from grpo_trainer.tools.registry import ToolSpec, resolve_tool
 from grpo_trainer.tools.sandbox import PKG_DIR, make_call, run_calls, stdlib_roots
 from grpo_trainer.tools.types import SandboxLimits, ToolCall, ToolError, ToolResult
+
+log = logging.getLogger(__name__)
 
 
 class ToolSet:
@@ -38,6 +41,13 @@ class ToolSet:
         self._lock = threading.Lock()
         self._closed = False
         self.layers = self._probe()
+        missing = {name: what for name, what, key in (
+            ("Landlock", "file access", "landlock_abi"), ("seccomp", "sockets, new processes and signals", "seccomp"))
+            if not self.layers.get(key)}
+        if missing:
+            log.warning("tool sandbox: no %s on this machine (kernel %s, %s); %s guarded only by a Python audit "
+                        "hook, which stops ordinary code but is not a security boundary", " or ".join(missing),
+                        os.uname().release, os.uname().machine, " and ".join(missing.values()))
 
     def _call(self, spec: ToolSpec, arguments: str) -> dict:
         user = spec.kind == "user"
@@ -48,10 +58,11 @@ class ToolSet:
     def _probe(self) -> dict:
         call = make_call("probe", "", "", self._roots, [], self.limits)
         res = run_calls([call], self.limits, 1)[0]
-        try:
-            return json.loads(res.text) if res.status == "ok" else {}
-        except ValueError:
-            pass
+        if res.status == "ok":
+            try:
+                return json.loads(res.text)
+            except ValueError:
+                pass
         raise ToolError(f"the tool sandbox failed to start a child: {res.text[:200]!r}; "
                         "check that `python -I -S` runs on this machine")
 
@@ -72,8 +83,11 @@ class ToolSet:
                 results[i] = ToolResult(f"[unknown tool {call.name[:80]!r}; the tools are: "
                                         f"{', '.join(self.specs)}]", "error")
             else:
+                args = call.arguments
+                if not isinstance(args, str):  # a parser that already decoded the JSON arguments
+                    args = json.dumps(args) if isinstance(args, dict) else str(args)
                 todo.append(i)
-                prepared.append(self._call(spec, call.arguments))
+                prepared.append(self._call(spec, args))
         with self._lock:
             for i, res in zip(todo, run_calls(prepared, self.limits, self.num_workers)):
                 results[i] = res
