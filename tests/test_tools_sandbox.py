@@ -63,6 +63,9 @@ def test_python_output_and_final_expression(tools):
     text, status = pair(run(tools, "print('partial')\nimport sys; sys.exit(3)"))
     assert (text, status) == ("partial\nexited with status 3", "error")
     assert run(tools, "def f(:\n  pass").status == "error"
+    # stdout closed early, the error line arrives later on stderr: both read, in their order.
+    code = "import os, sys, time\nprint('a')\nos.close(1)\ntime.sleep(0.2)\nraise ValueError('boom')"
+    assert pair(run(tools, code)) == ("a\nline 5: ValueError: boom", "error")
 
 
 def test_each_call_is_fresh_private_and_cleaned_up(tools, monkeypatch):
@@ -252,3 +255,20 @@ def test_bad_registrations_and_limits():
     ts.close()
     with pytest.raises(ToolError, match="closed"):
         ts.run_many([ToolCall("calculator", "1")])
+
+
+@pytest.mark.parametrize("table,header", [
+    ("_X86_64", "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"), ("_AARCH64", "/usr/include/asm-generic/unistd.h")])
+def test_seccomp_syscall_numbers_match_the_kernel_headers(table, header):
+    # The filter is written against these numbers; a typo would leave a call open on that arch.
+    import re
+
+    from grpo_trainer.tools import kernel
+
+    if not os.path.exists(header):
+        pytest.skip(f"no {header} here")
+    with open(header) as f:
+        numbers = {m[1]: int(m[2]) for m in re.finditer(r"#define __NR(?:3264)?_(\w+)\s+(\d+)", f.read())}
+    ours = getattr(kernel, table)
+    assert {k: v for k, v in ours.items() if numbers.get(k) != v} == {}
+    assert set(kernel._DENY) - set(ours) <= {"fork", "vfork"}  # aarch64 has neither

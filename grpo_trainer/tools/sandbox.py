@@ -77,7 +77,8 @@ class _Job:
         self.cap = 4 * limits.output_chars + 4  # bytes: at most 4 per character
         self.why: str | None = None  # "timeout" or "output" when the parent stopped it
         self.killed_at: float | None = None
-        self.open = {self.proc.stdout.fileno(): self.proc.stdout, self.proc.stderr.fileno(): self.proc.stderr}
+        self.out_fd = self.proc.stdout.fileno()  # kept: fileno() raises once the pipe is closed
+        self.open = {self.out_fd: self.proc.stdout, self.proc.stderr.fileno(): self.proc.stderr}
         for fd in self.open:
             sel.register(fd, selectors.EVENT_READ, self)
 
@@ -89,7 +90,7 @@ class _Job:
         data = os.read(fd, 65536)
         if not data:
             self._close(fd)
-        elif fd == self.proc.stdout.fileno():
+        elif fd == self.out_fd:
             self.out += data[: self.cap + 1 - len(self.out)]
             if len(self.out) > self.cap:
                 self.kill("output")
