@@ -6,7 +6,8 @@ Layout of `<output_dir>/checkpoint-000012/`:
     adapter/            LoRA only: the peft adapter (PeftModel.from_pretrained(base, adapter/))
     critic/             algorithm.advantage=gae only: the critic, HF `*ForTokenClassification` with
                         num_labels=1 (AutoModelForTokenClassification.from_pretrained(critic/); the
-                        value head is its `score` layer); its optimizer and scheduler are in state/
+                        value head is its `score` layer); with LoRA the critic's peft adapter and
+                        head; its optimizer and scheduler are in state/
     state/              accelerate state: optimizer, scheduler, every process's RNG; the model's
                         weights only under DeepSpeed (its own format, partitioned)
 
@@ -184,10 +185,10 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
             else:
                 unwrapped.save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
-            if critic_state is not None:  # the ValueModel's `backbone.` prefix dropped: HF's own names
+            if critic_state is not None:  # the ValueModel's `backbone.` prefix dropped: HF's (or peft's) names
                 accelerator.unwrap_model(critic).backbone.save_pretrained(
                     tmp / "critic", state_dict={k.removeprefix("backbone."): v for k, v in critic_state.items()},
-                    safe_serialization=True)
+                    safe_serialization=True)  # peft keeps only the adapter and the head
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             kill_point("save_model", step)
             _fsync_tree(tmp)
@@ -347,9 +348,10 @@ def _load_weights(model, path: Path, sub: str = "model") -> None:
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, load_file(str(path / "adapter" / "adapter_model.safetensors")))
+        where = "adapter" if sub == "model" else sub  # the policy's adapter, or the LoRA critic's
+        result = set_peft_model_state_dict(model, load_file(str(path / where / "adapter_model.safetensors")))
         if result.unexpected_keys:
-            raise ValueError(f"adapter/ does not fit this model: {result.unexpected_keys[:3]} ...")
+            raise ValueError(f"{where}/ does not fit this model: {result.unexpected_keys[:3]} ...")
         return
     files = sorted((path / sub).glob("*.safetensors"))
     if not files:

@@ -3,7 +3,8 @@
 The critic is the policy's architecture with a scalar head, stored as transformers'
 `*ForTokenClassification` with `num_labels=1` (the head is its `score` layer): a checkpoint's
 `critic/` loads with `AutoModelForTokenClassification.from_pretrained(critic/)` and gives one
-value per position. It starts from the policy's weights with the head at zero (so V = 0 and the
+value per position (with model.lora the critic is a LoRA too, and `critic/` holds its peft
+adapter, head included: PeftModel.from_pretrained(that model from the base, critic/)). It starts from the policy's weights with the head at zero (so V = 0 and the
 first advantages are discounted returns, as with REINFORCE), or from `model.critic_path`.
 
 Each step, before any update, the critic values every state once (the "old" values V_old, which
@@ -27,8 +28,9 @@ import torch
 from transformers import get_scheduler
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from grpo_trainer import algo, distributed
+from grpo_trainer import algo, distributed, lora
 from grpo_trainer.forward import completion_outputs, record_micro_batches
+from grpo_trainer.lora import is_peft
 from grpo_trainer.models import DTYPES
 from grpo_trainer.record import RolloutRecord
 from grpo_trainer.step_stats import StepStats
@@ -46,14 +48,17 @@ class ValueModel(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
                 logits_to_keep: int = 0):
-        trunk = getattr(self.backbone, self.backbone.base_model_prefix)
+        # Under LoRA the adapters sit inside the wrapped model's layers, and its head is peft's
+        # trained copy of `score`: the same two modules are called either way.
+        inner = self.backbone.get_base_model() if is_peft(self.backbone) else self.backbone
+        trunk = getattr(inner, inner.base_model_prefix)
         out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     past_key_values=past_key_values, use_cache=use_cache)
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         # No dropout (the checkpoint's config says 0): an update must be a function of its batch.
-        return CausalLMOutputWithPast(logits=self.backbone.score(hidden).float(), past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(logits=inner.score(hidden).float(), past_key_values=out.past_key_values)
 
 
 def load_value_model(path: str, dtype: str = "float32", trust_remote_code: bool = False) -> ValueModel:
@@ -89,7 +94,9 @@ class Critic:
         model = load_value_model(model_cfg.critic_path or model_path, model_cfg.dtype, model_cfg.trust_remote_code)
         if model_cfg.gradient_checkpointing:
             model.backbone.gradient_checkpointing_enable()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        # With model.lora the critic is a LoRA too (same rank and targets), its head trained in full.
+        model.backbone = lora.wrap(model.backbone, model_cfg.lora, model_cfg.gradient_checkpointing, "TOKEN_CLS")
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                       fused=distributed.deepspeed_plugin(acc) is None)
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=max_steps)

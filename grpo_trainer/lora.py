@@ -8,14 +8,16 @@ import torch
 from grpo_trainer.config import LoraConfig
 
 
-def wrap(model: torch.nn.Module, cfg: LoraConfig, gradient_checkpointing: bool) -> torch.nn.Module:
-    """Return `model` with LoRA adapters (only they train), or `model` itself when disabled."""
+def wrap(model: torch.nn.Module, cfg: LoraConfig, gradient_checkpointing: bool,
+         task_type: str = "CAUSAL_LM") -> torch.nn.Module:
+    """Return `model` with LoRA adapters (only they train), or `model` itself when disabled.
+    task_type "TOKEN_CLS" (the PPO critic): peft also trains the new head (`score`) in full."""
     if not cfg.enabled:
         return model
     import peft
 
     lora = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                           target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+                           target_modules=list(cfg.target_modules), task_type=task_type)
     model = peft.get_peft_model(model, lora)
     if gradient_checkpointing:
         # With the embeddings frozen nothing before the first checkpointed block needs a grad,

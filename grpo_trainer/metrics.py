@@ -18,6 +18,7 @@ from grpo_trainer.live import open_sinks
 CONSOLE = [("reward/mean", "reward"), ("reward/accuracy", "acc"), ("reward/format", "fmt"),
            ("completion/len_mean", "len"), ("train/kl", "kl"), ("train/entropy", "ent"),
            ("mismatch/kl", "mis_kl"),  # engine vs trainer, k3 nats/token: ~1e-3 is bf16 sampling, > 0.1 stale weights
+           ("critic/explained_var", "vf_ev"),  # PPO's critic: 1 = predicts the returns, <= 0 = no better than their mean
            ("eval/accuracy", "eval_acc"), ("time/step", "s"), ("throughput/rollout_tokens_per_s", "tok/s")]
 
 

@@ -224,7 +224,10 @@ def test_ppo_critic_and_policy_update_the_same_in_1_vs_4_micro_batches_and_1_vs_
     two = _one_update("cpu_ddp", tiny_llama, tmp_path / "two.pt", *PPO, "trainer.micro_batch_size=4",
                       "critic.micro_batch_size=4")
     zero2 = _one_update("cpu_zero2", tiny_llama, tmp_path / "zero2.pt", *PPO)
-    for name, other in (("4 micro-batches", four), ("2 processes", two), ("ZeRO-2", zero2)):
+    # Gradient checkpointing: the critic's (and the policy's) forward without the shared-prompt cache.
+    ckpt = _one_update("cpu", tiny_llama, tmp_path / "ckpt.pt", *PPO, "model.gradient_checkpointing=true")
+    for name, other in (("4 micro-batches", four), ("2 processes", two), ("ZeRO-2", zero2),
+                        ("gradient checkpointing", ckpt)):
         _close(one["weights"], other["weights"], f"policy, {name}")
         _close(one["critic"], other["critic"], f"critic, {name}")
         for key in ("critic/explained_var", "critic/grad_norm", "train/grad_norm"):

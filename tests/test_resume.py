@@ -267,19 +267,25 @@ def test_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(forker, tin
     assert {p: p.read_bytes() for p in (run / "checkpoint-000006").rglob("*") if p.is_file()} == before
 
 
-def test_exact_resume_with_a_ppo_critic(forker, tiny, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_exact_resume_with_a_ppo_critic(forker, tiny, tmp_path, lora):
     # Killed right after step 2 (before its checkpoint): resume from step 1's, redo step 2, then 3.
-    # The critic's weights and optimizer must come back bit for bit, as the policy's do.
+    # The critic's weights and optimizer must come back bit for bit, as the policy's do; with
+    # model.lora the critic is a LoRA too and critic/ holds its adapter and head.
     extra = ("algorithm.advantage=gae", "critic.enabled=true", "critic.learning_rate=1e-3", "trainer.critic_warmup=1",
-             "rollout.num_generations=2", "algorithm.num_mini_batches=2")
+             "rollout.num_generations=2", "algorithm.num_mini_batches=2", f"model.lora.enabled={str(lora).lower()}",
+             "model.lora.r=4")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert forker.run(argv(tiny, straight, 3, *extra)) == 0, forker.log.read_text()[-3000:]
     assert forker.run(argv(tiny, killed, 3, *extra), {"GRPO_TRAINER_TEST_KILL_AT": "step@2"}) == -signal.SIGKILL
     assert forker.run(argv(tiny, killed, 3, "resume=auto", *extra)) == 0, forker.log.read_text()[-3000:]
     assert "at step 1" in forker.log.read_text()
     same_run(straight, killed, 3)
-    ca = load_file(straight / "checkpoint-000003" / "critic" / "model.safetensors")
-    cb = load_file(killed / "checkpoint-000003" / "critic" / "model.safetensors")
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    ca = load_file(straight / "checkpoint-000003" / "critic" / name)
+    cb = load_file(killed / "checkpoint-000003" / "critic" / name)
+    if lora:  # the adapter and the trained head, nothing of the frozen base
+        assert any("lora_A" in k for k in ca) and any("score" in k for k in ca) and len(ca) < 100, sorted(ca)[:5]
     assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
     oa = torch.load(straight / "checkpoint-000003/state/optimizer_1.bin", weights_only=True)["state"]
     ob = torch.load(killed / "checkpoint-000003/state/optimizer_1.bin", weights_only=True)["state"]
