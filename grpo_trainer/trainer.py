@@ -120,9 +120,22 @@ class GRPOTrainer:
                 dtype=r.dtype or cfg.model.dtype,
                 seed=r.seed, max_model_len=max_prompt + r.max_completion_length, kv_cache_gib=r.kv_cache_gib,
                 gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep)
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep,
+                tokenizer=self.tokenizer)
             dtype = getattr(self.engine, "weight_dtype", None)  # vLLM's own: a CPU without bf16 falls back to fp32
             phase.result = "ready" + (f" in {str(dtype).removeprefix('torch.')}" if dtype is not None else "")
+        self.tools = None
+        if r.tools:  # multi-turn: the engine's turns with tool calls between them
+            from grpo_trainer.rollout.multiturn import MultiTurnEngine
+            from grpo_trainer.tools import SandboxLimits, ToolSet
+
+            sb = r.sandbox
+            self.tools = ToolSet(list(r.tools), limits=SandboxLimits(cpu_s=sb.cpu_s, wall_s=sb.wall_s,
+                                                                     memory_mb=sb.memory_mb,
+                                                                     output_chars=sb.output_chars),
+                                 num_workers=sb.num_workers)
+            self.engine = MultiTurnEngine(self.engine, self.tools, self.tokenizer, r.tools, r.tool_format,
+                                          r.max_turns, r.max_tool_output_tokens)
         torch.set_num_threads(self.threads)  # engines lower it for serving
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.reward_guard = RewardGuard(t.max_no_reward_steps)
@@ -176,6 +189,8 @@ class GRPOTrainer:
         finally:
             self.logger.close()
             self.reward_fn.close()
+            if self.tools is not None:
+                self.tools.close()
             if self._eval_reward_fn not in (None, self.reward_fn):
                 self._eval_reward_fn.close()
         if acc.is_main_process:
@@ -251,10 +266,12 @@ class GRPOTrainer:
                               self.cfg.trainer.micro_batch_size, self.cfg.trainer.micro_batch_tokens,
                               self.updater.share_prompt)
         diff = record.logprobs - ref  # (N, C)
-        # Summed over each row's own tokens (not the padded width): the same float32 sums as ever.
-        kl = torch.stack([diff[i, :n].sum() for i, n in enumerate(record.completion_lens.tolist())])
+        # Summed over each row's own policy tokens (not the padded width, not a tool's tokens, which
+        # the policy did not sample): the same float32 sums as ever when there is no tool.
+        policy = record.policy_tokens
+        kl = torch.stack([diff[i, :n][policy[i, :n]].sum() for i, n in enumerate(record.completion_lens.tolist())])
         stats.add("kl_reward/sum", kl.sum().item())
-        stats.add("kl_reward/tokens", float(record.num_tokens))
+        stats.add("kl_reward/tokens", float(policy.sum()))
         return replace(record, rewards=record.rewards - self.beta * kl)
 
     def _after_update(self, kl: float) -> None:
