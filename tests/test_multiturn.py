@@ -295,3 +295,78 @@ def test_tool_metrics():
     assert m["tools/used_frac"] == 0.5 and m["tools/errors"] == 1 and m["tools/timeouts"] == 1
     assert m["tools/result_tokens"] == 3
     assert m["reward/used_tool"] == pytest.approx(0.75) and m["reward/no_tool"] == pytest.approx(0.125)
+
+
+# ---------------------------------------------------------------- vLLM (slow)
+@pytest.mark.slow
+def test_vllm_turns_continue_from_the_exact_ids(tok, tiny_llama, python_tool, monkeypatch):
+    from grpo_trainer.rollout import make_engine
+
+    monkeypatch.setitem(FORMATS, "e_stop", E_FORMAT)
+    engine = make_engine("vllm", model_path=str(tiny_llama), dtype="float32", seed=0, max_model_len=256,
+                         kv_cache_gib=0.5)
+    try:
+        spy = Spy(engine)
+        mt = MultiTurnEngine(spy, python_tool, tok, ["python"], "e_stop", max_turns=3, max_tool_output_tokens=8)
+        prompt = enc(tok, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        batch = mt.generate([prompt], SamplingConfig(4, 60, temperature=1.0), seed=5)
+        tool = mt.message.ids("42\n")
+        first = spy.calls[0][2]
+        for ids, cut in zip(first.completion_ids, first.truncated):  # the stop string's token is kept
+            if not cut and ids[-1] != tok.eos_token_id:
+                assert "e" in tok.decode(ids) and "e" not in tok.decode(ids[:-1])
+        assert len(spy.calls) == 3
+        for i, row in enumerate(batch.completion_ids):
+            rebuilt, mask = list(first.completion_ids[i]), [False] * len(first.completion_ids[i])
+            for prompts_in, limits, out in spy.calls[1:]:
+                if prompt + rebuilt + tool in prompts_in:
+                    k = prompts_in.index(prompt + rebuilt + tool)
+                    assert limits[k] == 60 - len(rebuilt) - len(tool)
+                    rebuilt += tool + out.completion_ids[k]
+                    mask += [True] * len(tool) + [False] * len(out.completion_ids[k])
+            assert row == rebuilt and batch.tool_mask[i] == mask and len(row) <= 60
+        assert sum(c[0] == 3 for c in batch.tool_counts) >= 2
+        again = mt.generate([prompt], SamplingConfig(4, 60, temperature=1.0), seed=5)
+        assert again.completion_ids == batch.completion_ids
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+def test_two_steps_with_the_python_tool_and_exact_resume(tmp_path):
+    """The tool recipe on the bundled SmolLM2-135M-Instruct (a random model writes no python
+    blocks): two GRPO steps under vLLM whose rollouts call the sandboxed python tool, then the same
+    run killed after step 1 and resumed, which must give the same transcripts and weights."""
+    from test_resume import Forker, rows, same_run
+
+    forker = Forker(tmp_path)
+    REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+    def argv(out, *extra):
+        return ["--recipe", str(REPO / "recipes/tool_gsm8k_smollm2.yaml"), f"trainer.output_dir={out}",
+                "trainer.max_steps=2", "data.num_examples=32", "rollout.num_generations=4",
+                "rollout.max_completion_length=160", "rollout.kv_cache_gib=1", "rollout.dtype=null",
+                "trainer.mixed_precision='no'", "trainer.prompts_per_step=2", "trainer.micro_batch_size=4",
+                "trainer.save_every=1", "trainer.keep_last=2", "trainer.log_samples_every=1",
+                "trainer.num_log_samples=8", "trainer.learning_rate=1e-5", *extra]
+
+    try:
+        straight, killed = tmp_path / "straight", tmp_path / "killed"
+        assert forker.run(argv(straight)) == 0, forker.log.read_text()[-3000:]
+        metrics = rows(straight / "metrics.jsonl")
+        assert [m["step"] for m in metrics] == [1, 2]
+        assert sum(m["tools/calls_per_sample"] for m in metrics) > 0, metrics
+        for m in metrics:
+            assert 1 <= m["tools/turns"] <= 3 and 0 <= m["tools/used_frac"] <= 1
+        samples = rows(straight / "samples.jsonl")
+        called = [s for s in samples if not all(s["loss_mask"])]  # no overlong filter: only tool tokens are out
+        assert called
+        for s in called:
+            tool_text = "".join(t for t, m in zip(s["tokens"], s["loss_mask"]) if not m)
+            assert tool_text.startswith("<|im_end|>\n<|im_start|>tool\n"), tool_text
+        assert forker.run(argv(killed), {"GRPO_TRAINER_TEST_KILL_AT": "step@2"}) != 0
+        assert forker.run(argv(killed, "resume=auto")) == 0, forker.log.read_text()[-3000:]
+        assert "at step 1" in forker.log.read_text()
+        same_run(straight, killed, 2)
+    finally:
+        forker.close()
