@@ -201,10 +201,8 @@ class MultiTurnEngine(RolloutEngine):
     def _run_tools(self, calling: list[_Trajectory]) -> None:
         from grpo_trainer.tools import ToolCall, ToolResult
 
+        # A call naming a tool this run lacks is the ToolSet's to answer (an error result).
         parsed = [self.format.parse(self.tokenizer.decode(r.last), self.names) for r in calling]
-        for i, p in enumerate(parsed):
-            if not isinstance(p, str) and p[0] not in self.names:
-                parsed[i] = f"error: unknown tool {p[0]!r}; the tools are {', '.join(self.names)}"
         results = [ToolResult(p, "error") if isinstance(p, str) else None for p in parsed]
         todo = [i for i, p in enumerate(parsed) if not isinstance(p, str)]
         for i, res in zip(todo, self.tools.run_many([ToolCall(*parsed[i]) for i in todo]) if todo else []):
