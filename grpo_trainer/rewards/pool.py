@@ -38,6 +38,7 @@ import weakref
 from collections import deque
 from typing import Callable
 
+from grpo_trainer.childproc import die_with_parent, lower_rlimit
 from grpo_trainer.rewards.types import FAILED, RewardError, VerifyResult
 
 log = logging.getLogger(__name__)
@@ -77,24 +78,12 @@ def _run_one(fn, completion, ground_truth, kwargs, soft_s):
     return "ok", result
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
-
-
 def worker_entry() -> None:
     """Entry point of a worker interpreter: argv = [fd, parent_pid, soft_s, memory_mb]."""
     from multiprocessing.connection import Connection
 
     fd, parent_pid, soft_s, memory_mb = sys.argv[1:5]
-    _die_with_parent(int(parent_pid))
+    die_with_parent(int(parent_pid))
     _worker_main(Connection(int(fd)), float(soft_s), int(memory_mb))
 
 
@@ -106,10 +95,7 @@ def _worker_main(conn, soft_s: float, memory_mb: int) -> None:
     if memory_mb > 0:
         import resource
 
-        limit = memory_mb * 2**20
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        if hard == resource.RLIM_INFINITY or hard > limit:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        lower_rlimit(resource.RLIMIT_AS, memory_mb * 2**20)
     # Import and warm math-verify (sympy, the LaTeX grammar) before reporting ready, so the
     # first real task does not spend its time budget on imports.
     from grpo_trainer.rewards.math_answer import equivalent

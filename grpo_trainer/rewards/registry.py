@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 from dataclasses import dataclass
 from typing import Callable, Literal
 
 from grpo_trainer.rewards.types import RewardError, VerifyResult
+from grpo_trainer.userfn import first_line, load_callable  # noqa: F401 - first_line re-exported
 
 Kind = Literal["correctness", "format", "other"]
 Verifier = Callable[..., VerifyResult]
@@ -60,12 +60,6 @@ def register_verifier(
     return decorator
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's message cut to one bounded line, for one-line errors about user code."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else "")[:limit]
-
-
 def _ident(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
@@ -93,21 +87,4 @@ def get_verifier(name: str) -> Verifier:
 
 def load_reward_function(path: str) -> Callable[..., list]:
     """Import a TRL-style reward function from "module.path:function"."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise RewardError(f"reward {path!r} is not 'module.path:function'; write it like 'my_pkg.rewards:length_penalty'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise RewardError(f"reward {path!r}: cannot import module {module_name!r} ({e}); check the path and sys.path") from None
-    except Exception as e:  # noqa: BLE001 - the module's own code failed (SyntaxError, NameError, ...)
-        raise RewardError(f"reward {path!r}: importing module {module_name!r} raised {type(e).__name__}: "
-                          f"{first_line(e)}; fix that module") from e
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise RewardError(f"reward {path!r}: module {module_name!r} has no attribute {attr!r}; check the function name")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise RewardError(f"reward {path!r}: {attr!r} is a {type(obj).__name__}, not callable; point it at a function")
-    return obj
+    return load_callable(path, "reward", RewardError, "my_pkg.rewards:length_penalty")
