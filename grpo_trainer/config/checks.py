@@ -270,6 +270,14 @@ def _check_tools(r) -> None:
                           "([] for single-turn sampling)")
     if len(set(tools)) != len(tools):
         raise ConfigError(f"rollout.tools={show(tools)} names a tool twice: list each once")
+    for name in tools:
+        if ":" not in name:  # a module:function tool is imported (and checked) when the ToolSet is built
+            from grpo_trainer.tools import ToolError, resolve_tool
+
+            try:
+                resolve_tool(name)
+            except ToolError as e:
+                raise ConfigError(f"rollout.tools: {e}") from None
     if tools and r.tool_format == "python_block" and "python" not in tools:
         raise ConfigError(f"rollout.tool_format=python_block runs the python tool, which rollout.tools={show(tools)} "
                           "lacks: add python to rollout.tools or set rollout.tool_format=tool_call")
