@@ -153,7 +153,8 @@ class RolloutRecord:
     # ------------------------------------------------------------------ derived records
     def with_advantages(self, per_sequence: torch.Tensor) -> "RolloutRecord":
         """Sequence-level advantages (N,) broadcast over each row's policy tokens (0 at a tool's)."""
-        adv = torch.where(self.policy_tokens, per_sequence.to(torch.float32)[:, None], torch.zeros((), dtype=torch.float32))
+        adv = torch.where(self.policy_tokens, per_sequence.to(torch.float32)[:, None],
+                          torch.zeros((), dtype=torch.float32))
         return replace(self, advantages=adv)
 
     def without_rows_in_loss(self, drop: torch.Tensor) -> "RolloutRecord":

@@ -1,5 +1,5 @@
 """Multi-turn tool-use rollouts (rollout/multiturn.py): token in, token out.
-Run: pytest tests/test_multiturn.py (slow ones: -m slow; the 2-step run takes ~4 min on 2 cores).
+Whole training runs with tools are in test_multiturn_runs.py.
 
 The ids the trainer sees must be exactly the engine's sampled ids and the tool-result ids, in
 order, with the loss mask 0 on the tool's. Tool results come from the real sandbox (python tool).
@@ -8,7 +8,6 @@ engine on the tiny random Llama elsewhere, and vLLM in the slow tests."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -107,7 +106,8 @@ def test_scripted_transcript_gives_exact_ids_and_mask(tok, python_tool):
     mt = MultiTurnEngine(engine, python_tool, tok, ["python"], "python_block", max_turns=4,
                          max_tool_output_tokens=16)
     batch = mt.generate([prompt], SamplingConfig(2, 64, stop=()), seed=11)
-    tool = enc(tok, "<|im_end|>\n<|im_start|>tool\n") + enc(tok, "42\n") + enc(tok, "<|im_end|>\n<|im_start|>assistant\n")
+    tool = (enc(tok, "<|im_end|>\n<|im_start|>tool\n") + enc(tok, "42\n")
+            + enc(tok, "<|im_end|>\n<|im_start|>assistant\n"))
     assert batch.completion_ids == [t1 + tool + t2, t1b]
     assert batch.tool_mask == [[False] * len(t1) + [True] * len(tool) + [False] * len(t2), [False] * len(t1b)]
     assert batch.logprobs[0] == [-0.5] * len(t1) + [0.0] * len(tool) + [-0.5] * len(t2)
@@ -136,7 +136,8 @@ def test_malformed_call_and_tool_timeout_are_results_not_crashes(tok, python_too
     mt = MultiTurnEngine(engine, python_tool, tok, ["python"], "python_block", 4, 64)
     batch = mt.generate([prompt], SamplingConfig(2, 200), seed=0)
     assert batch.tool_counts == [(2, 1, 1, 0), (2, 1, 0, 1)]
-    texts = [tok.decode([t for t, m in zip(ids, mask) if m]) for ids, mask in zip(batch.completion_ids, batch.tool_mask)]
+    texts = [tok.decode([t for t, m in zip(ids, mask) if m])
+             for ids, mask in zip(batch.completion_ids, batch.tool_mask)]
     assert "malformed tool call" in texts[0]
     assert texts[1].startswith("<|im_end|>\n<|im_start|>tool\n[timeout:")  # the sandbox says it ran out of time
     assert [c[-len(done):] for c in batch.completion_ids] == [done, done]
@@ -333,81 +334,16 @@ def test_vllm_turns_continue_from_the_exact_ids(tok, tiny_llama, python_tool, mo
         engine.close()
 
 
-@pytest.mark.slow
-def test_two_steps_with_the_python_tool_and_exact_resume(tmp_path):
-    """The tool recipe on the bundled SmolLM2-135M-Instruct (a random model writes no python
-    blocks): two GRPO steps under vLLM whose rollouts call the sandboxed python tool; then step 2
-    again from the step-1 checkpoint, which must give the same transcripts, metrics and weights."""
-    import shutil
-
-    from test_resume import REPO, Forker, rows, same_run
-
-    def argv(out, *extra):
-        # The even-token reward varies within every group (the 135M model solves none of these
-        # yet), so both steps train, on the policy's tokens only.
-        return ["--recipe", str(REPO / "recipes/tool_gsm8k_smollm2.yaml"), f"trainer.output_dir={out}",
-                "trainer.max_steps=2", "data.num_examples=32", "rollout.num_generations=4",
-                "rollout.max_completion_length=160", "rollout.kv_cache_gib=1", "rollout.dtype=null",
-                "trainer.mixed_precision='no'", "trainer.prompts_per_step=2", "trainer.micro_batch_size=4",
-                "trainer.save_every=1", "trainer.keep_last=2", "trainer.log_samples_every=1",
-                "trainer.num_log_samples=8", "trainer.learning_rate=1e-5", "trainer.torch_threads=1",
-                "reward.functions=[{name: 'tests.reward_fns:even_token_fraction'}]", *extra]
-
-    forker = Forker(tmp_path)
-    try:
-        straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-        assert forker.run(argv(straight)) == 0, forker.log.read_text()[-3000:]
-        metrics = rows(straight / "metrics.jsonl")
-        assert [m["step"] for m in metrics] == [1, 2]
-        assert sum(m["tools/calls_per_sample"] for m in metrics) > 0, metrics
-        assert sum(m["tools/result_tokens"] for m in metrics) > 0, metrics
-        for m in metrics:
-            assert 1 <= m["tools/turns"] <= 3 and 0 <= m["tools/used_frac"] <= 1 and m["train/grad_norm"] > 0
-        samples = rows(straight / "samples.jsonl")
-        called = [s for s in samples if not all(s["loss_mask"])]  # no overlong filter: only tool tokens are out
-        assert called
-        for s in called:
-            tool_text = "".join(t for t, m in zip(s["tokens"], s["loss_mask"]) if not m)
-            assert tool_text.startswith("<|im_end|>\n<|im_start|>tool\n"), tool_text
-            assert all(a == 0 for a, m in zip(s["token_advantages"], s["loss_mask"]) if not m)
-        # Resume from the step-1 checkpoint (as after a kill during step 2).
-        shutil.copytree(straight, resumed)
-        shutil.rmtree(resumed / "checkpoint-000002")
-        assert forker.run(argv(resumed, "resume=auto")) == 0, forker.log.read_text()[-3000:]
-        assert "at step 1" in forker.log.read_text()
-        same_run(straight, resumed, 2)
-    finally:
-        forker.close()
-
-
 def test_prompts_carry_tool_descriptions_when_the_template_supports_them(tok):
     from grpo_trainer.data import render_prompts
 
     with_tools = tok.__class__.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
-    with_tools.chat_template = ("{% if tools %}<|im_start|>system\nTools: {% for t in tools %}{{ t['function']['name'] }}"
-                                "{% endfor %}<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-                                "{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+    with_tools.chat_template = (
+        "{% if tools %}<|im_start|>system\nTools: {% for t in tools %}{{ t['function']['name'] }}{% endfor %}"
+        "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}<|im_start|>assistant\n")
     spec = [{"type": "function", "function": {"name": "calculator", "description": "d", "parameters": {}}}]
     _, texts, ids, _ = render_prompts([{"question": "1+1?", "answer": "2"}], with_tools, "Go.", None, 256, spec)
     assert texts[0].startswith("<|im_start|>system\nTools: calculator<|im_end|>\n<|im_start|>user\n1+1?")
     _, plain, _, _ = render_prompts([{"question": "1+1?", "answer": "2"}], with_tools, "Go.", None, 256)
     assert "Tools" not in plain[0]
-
-
-@pytest.mark.slow
-def test_hf_backend_run_with_tools_on(tiny_llama, tmp_path):
-    """The trainer's multi-turn path on the hf backend, with dynamic sampling and GSPO: it runs and
-    logs the tools/* metrics (the random tiny model writes no python block, so every sample is one turn)."""
-    from test_resume import Forker, argv, rows
-
-    forker = Forker(tmp_path)
-    try:
-        run = tmp_path / "run"
-        extra = ("rollout.tools=[python]", "rollout.max_turns=2", "algorithm.dynamic_sampling=refill",
-                 "algorithm.max_gen_rounds=2", "algorithm.policy_loss=gspo", "algorithm.loss_agg=seq_mean_token_mean")
-        assert forker.run(argv(tiny_llama, run, 2, *extra)) == 0, forker.log.read_text()[-3000:]
-        for m in rows(run / "metrics.jsonl"):
-            assert m["tools/turns"] == 1.0 and m["tools/calls_per_sample"] == 0.0 and m["tools/used_frac"] == 0.0
-            assert m["reward/used_tool"] is None and m["reward/no_tool"] == m["reward/mean"]
-    finally:
-        forker.close()

@@ -171,7 +171,8 @@ class MultiTurnEngine(RolloutEngine):
         limits = [sampling.max_tokens] * len(prompt_ids) if max_tokens is None else list(max_tokens)
         sampling = replace(sampling, stop=self.format.stop)
         first = self.engine.generate(prompt_ids, sampling, seed, limits)
-        rows = [_Trajectory(prompt=list(prompt_ids[i // G]), limit=limits[i // G]) for i in range(len(first.completion_ids))]
+        rows = [_Trajectory(prompt=list(prompt_ids[i // G]), limit=limits[i // G])
+                for i in range(len(first.completion_ids))]
         for row, ids, lp, cut in zip(rows, first.completion_ids, first.logprobs, first.truncated):
             row.add_turn(ids, lp, cut)
         active = rows
