@@ -6,9 +6,10 @@ Each group's prompt is stored once (`prompt_ids[g]`); `group[i]` names row i's g
 micro-batch planner (forward.py) keeps a group together without comparing prompts.
 
 Per token (N, C), right-padded: the completion ids, the engine's log-probs, the loss mask and
-the advantages. The loss mask says which tokens the policy generated and is trained on; today
-that is every real token of a row unless the row is filtered out of the loss (DAPO overlong
-filtering), and tokens a tool or environment wrote will be 0 there. Advantages are per token so
+the advantages. The loss mask says which tokens the policy generated and is trained on: every real
+token of a row unless the row is filtered out of the loss (DAPO overlong filtering), less the
+tokens a tool wrote in a multi-turn rollout (`tool_mask`, rollout/multiturn.py): those get no
+log-prob, advantage, KL or entropy term, though the policy attends to them. Advantages are per token so
 that a token-level estimator can fill them; sequence-level ones are broadcast over the row.
 
 The engine hands over Python lists (`RolloutBatch`); they become tensors here, once. Later stages
@@ -43,6 +44,9 @@ class RolloutRecord:
     logprobs: torch.Tensor  # (N, C) float32: the engine's sampling log-prob of each token, 0 at padding
     truncated: torch.Tensor  # (N,) bool: finish reason; True = the length limit, not EOS, ended the sample
     texts: list[str]  # (N,) the completions decoded once (special tokens skipped)
+    # Multi-turn tool use only (None otherwise):
+    tool_mask: torch.Tensor | None = None  # (N, C) bool: a token a tool wrote (a tool message), not the policy
+    tool_counts: torch.Tensor | None = None  # (N, 4) long: generation turns, tool calls, errors, timeouts
     # Filled by scoring (scoring.py):
     rewards: torch.Tensor | None = None  # (N,) float32: the reward trained on
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # label -> (N,) float32, NaN = no opinion
@@ -64,7 +68,8 @@ class RolloutRecord:
                                    ("completion_lens", (N,), torch.long), ("loss_mask", (N, C), torch.bool),
                                    ("logprobs", (N, C), torch.float32), ("truncated", (N,), torch.bool)):
             _check(name, getattr(self, name), shape, dtype)
-        for name, shape, dtype in (("rewards", (N,), torch.float32), ("correct", (N,), torch.bool),
+        for name, shape, dtype in (("tool_mask", (N, C), torch.bool), ("tool_counts", (N, 4), torch.long),
+                                   ("rewards", (N,), torch.float32), ("correct", (N,), torch.bool),
                                    ("formatted", (N,), torch.bool), ("advantages", (N, C), torch.float32)):
             if getattr(self, name) is not None:
                 _check(name, getattr(self, name), shape, dtype)
@@ -76,6 +81,8 @@ class RolloutRecord:
             raise ValueError(f"RolloutRecord.parsed: expected {N} entries, got {len(self.parsed)}")
         if bool((self.loss_mask & ~self.valid).any()):
             raise ValueError("RolloutRecord.loss_mask marks padding positions; only real tokens can be trained on")
+        if self.tool_mask is not None and bool((self.loss_mask & self.tool_mask).any()):
+            raise ValueError("RolloutRecord.loss_mask marks tool tokens; only the policy's tokens can be trained on")
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -87,7 +94,8 @@ class RolloutRecord:
 
     @classmethod
     def from_batch(cls, batch: RolloutBatch, example_idx: list[int], pad: int, texts: list[str]) -> "RolloutRecord":
-        """The engine's lists as tensors (`texts`: the completions decoded); every real token in the loss."""
+        """The engine's lists as tensors (`texts`: the completions decoded); every real token the
+        policy sampled in the loss (tool tokens, when the batch has a tool mask, are not)."""
         G, N = batch.group_size, len(batch.completion_ids)
         prompt_lens = torch.tensor([len(p) for p in batch.prompt_ids], dtype=torch.long)
         lens = torch.tensor([len(c) for c in batch.completion_ids], dtype=torch.long)
@@ -100,10 +108,18 @@ class RolloutRecord:
             completion_ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
             logprobs[i, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
         valid = torch.arange(completion_ids.shape[1])[None] < lens[:, None]
+        tool_mask = tool_counts = None
+        if batch.tool_mask is not None:
+            tool_mask = torch.zeros(completion_ids.shape, dtype=torch.bool)
+            for i, m in enumerate(batch.tool_mask):
+                tool_mask[i, :len(m)] = torch.tensor(m, dtype=torch.bool)
+            tool_counts = torch.tensor(batch.tool_counts, dtype=torch.long).view(N, 4)
         return cls(group_size=G, pad_id=pad, example_idx=torch.tensor(example_idx, dtype=torch.long),
                    prompt_ids=prompt_ids, prompt_lens=prompt_lens, group=torch.arange(N) // G,
-                   completion_ids=completion_ids, completion_lens=lens, loss_mask=valid, logprobs=logprobs,
-                   truncated=torch.tensor(batch.truncated, dtype=torch.bool), texts=list(texts))
+                   completion_ids=completion_ids, completion_lens=lens,
+                   loss_mask=valid if tool_mask is None else valid & ~tool_mask, logprobs=logprobs,
+                   truncated=torch.tensor(batch.truncated, dtype=torch.bool), texts=list(texts),
+                   tool_mask=tool_mask, tool_counts=tool_counts)
 
     # ------------------------------------------------------------------ views
     @property
@@ -123,6 +139,10 @@ class RolloutRecord:
         return torch.arange(self.completion_ids.shape[1])[None] < self.completion_lens[:, None]
 
     @property
+    def policy_tokens(self) -> torch.Tensor:  # (N, C) bool: real tokens the policy sampled (not a tool's)
+        return self.valid if self.tool_mask is None else self.valid & ~self.tool_mask
+
+    @property
     def in_loss(self) -> torch.Tensor:  # (N,) bool: rows with at least one trained token
         return self.loss_mask.any(dim=1)
 
@@ -132,8 +152,9 @@ class RolloutRecord:
 
     # ------------------------------------------------------------------ derived records
     def with_advantages(self, per_sequence: torch.Tensor) -> "RolloutRecord":
-        """Sequence-level advantages (N,) broadcast over each row's real tokens."""
-        adv = torch.where(self.valid, per_sequence.to(torch.float32)[:, None], torch.zeros((), dtype=torch.float32))
+        """Sequence-level advantages (N,) broadcast over each row's policy tokens (0 at a tool's)."""
+        adv = torch.where(self.policy_tokens, per_sequence.to(torch.float32)[:, None],
+                          torch.zeros((), dtype=torch.float32))
         return replace(self, advantages=adv)
 
     def without_rows_in_loss(self, drop: torch.Tensor) -> "RolloutRecord":
@@ -166,7 +187,8 @@ class RolloutRecord:
             group=torch.cat([r.group + o for r, o in zip(records, offsets)]),
             completion_ids=cat("completion_ids", C, first.pad_id), completion_lens=cat("completion_lens"),
             loss_mask=cat("loss_mask", C), logprobs=cat("logprobs", C), truncated=cat("truncated"),
-            texts=[t for r in records for t in r.texts], rewards=opt("rewards"),
+            texts=[t for r in records for t in r.texts], tool_mask=opt("tool_mask", C), tool_counts=opt("tool_counts"),
+            rewards=opt("rewards"),
             components={k: torch.cat([r.components[k] for r in records]) for k in first.components},
             correct=opt("correct"), formatted=opt("formatted"), num_timeouts=sum(r.num_timeouts for r in records),
             advantages=opt("advantages", C),
@@ -187,7 +209,8 @@ def _take(r: RolloutRecord, groups: torch.Tensor, rows: torch.Tensor) -> Rollout
                    prompt_lens=r.prompt_lens[groups], group=torch.arange(len(rows)) // r.group_size,
                    completion_ids=r.completion_ids[rows], completion_lens=r.completion_lens[rows],
                    loss_mask=r.loss_mask[rows], logprobs=r.logprobs[rows], truncated=r.truncated[rows],
-                   texts=[r.texts[i] for i in rows.tolist()], rewards=pick(r.rewards),
+                   texts=[r.texts[i] for i in rows.tolist()], tool_mask=pick(r.tool_mask),
+                   tool_counts=pick(r.tool_counts), rewards=pick(r.rewards),
                    components={k: v[rows] for k, v in r.components.items()}, correct=pick(r.correct),
                    formatted=pick(r.formatted), advantages=pick(r.advantages),
                    parsed=None if r.parsed is None else [r.parsed[i] for i in rows.tolist()],

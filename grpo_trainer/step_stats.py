@@ -70,6 +70,17 @@ def add_rollout_stats(stats: StepStats, generated: list[RolloutRecord]) -> None:
     zero_var = (~algo.informative_groups(rewards, generated[0].group_size)).to(torch.float32)
     stats.add_nanmean("groups/zero_variance_frac", zero_var)
     stats.add("rollout/tokens", float(sum(r.num_tokens for r in generated)))
+    if generated[0].tool_counts is not None:  # multi-turn tool use (the same on every process)
+        counts = cat("tool_counts").to(torch.float32)  # (N, 4) turns, calls, errors, timeouts
+        used = counts[:, 1] > 0
+        stats.add_nanmean("tools/turns", counts[:, 0])
+        stats.add_nanmean("tools/calls_per_sample", counts[:, 1])
+        stats.add_nanmean("tools/used_frac", used.to(torch.float32))
+        stats.add("tools/errors", counts[:, 2].sum().item())
+        stats.add("tools/timeouts", counts[:, 3].sum().item())
+        stats.add("tools/result_tokens", float(sum(int(r.tool_mask.sum()) for r in generated)))
+        stats.add_nanmean("reward/used_tool", rewards[used])
+        stats.add_nanmean("reward/no_tool", rewards[~used])
     for label in generated[0].components:  # for the reward guard: samples each reward gave a finite score
         stats.add(f"guard/{label}#finite", sum(int(torch.isfinite(r.components[label]).sum()) for r in generated))
         stats.add(f"guard/{label}#n", float(sum(r.num_rows for r in generated)))
@@ -92,4 +103,9 @@ def rollout_metrics(reduced: dict[str, float], labels: list[str]) -> dict[str, f
     metrics["reward/std"] = (max((s2 - s1 * s1 / n).item(), 0.0) / max(n.item() - 1, 1)) ** 0.5
     metrics["completion/len_max"] = reduced["completion/len_max"]
     metrics["groups/zero_variance_frac"] = nanmean(reduced, "groups/zero_variance_frac")
+    if "tools/turns#n" in reduced:
+        for key in ("tools/turns", "tools/calls_per_sample", "tools/used_frac", "reward/used_tool", "reward/no_tool"):
+            metrics[key] = nanmean(reduced, key)
+        for key in ("tools/errors", "tools/timeouts", "tools/result_tokens"):
+            metrics[key] = reduced[key]
     return metrics

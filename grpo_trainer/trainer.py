@@ -67,13 +67,26 @@ class GRPOTrainer:
                 self.model_path = resolve_model_path(cfg.model.name_or_path)
             self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code)
 
+        # Multi-turn tool use: the sandboxed tools (before the prompts: a chat template with tool
+        # support renders their descriptions into the prompt for the tool_call format).
+        self.tools, tool_specs = None, None
+        if r.tools:
+            from grpo_trainer.tools import SandboxLimits, ToolSet
+
+            sb = r.sandbox
+            self.tools = ToolSet(list(r.tools), limits=SandboxLimits(cpu_s=sb.cpu_s, wall_s=sb.wall_s,
+                                                                     memory_mb=sb.memory_mb,
+                                                                     output_chars=sb.output_chars),
+                                 num_workers=sb.num_workers)
+            tool_specs = self.tools.descriptions() if r.tool_format == "tool_call" else None
+
         # Data: every process renders all prompts; the sampler hands each its own share.
         with console.phase(f"loading data ({cfg.data.source})") as phase:
             examples = load_examples(cfg.data.source, cfg.data.split, cfg.data.num_examples, cfg.data.seed,
                                      cfg.data.difficulty, cfg.data.question_key, cfg.data.answer_key)
             instruction = cfg.data.instruction or DEFAULT_INSTRUCTION
             kept, texts, ids, dropped = render_prompts(examples, self.tokenizer, instruction, cfg.data.system_prompt,
-                                                       cfg.data.max_prompt_length)
+                                                       cfg.data.max_prompt_length, tool_specs)
             phase.result = f"{len(kept)} prompts"
         self.prompts = PromptSet(kept, texts, ids)
         if dropped:
@@ -85,7 +98,8 @@ class GRPOTrainer:
                                                cfg.data.seed, cfg.data.difficulty, cfg.data.question_key,
                                                cfg.data.answer_key)
             self.eval_prompts = PromptSet(*render_prompts(self.eval_examples, self.tokenizer, instruction,
-                                                          cfg.data.system_prompt, cfg.data.max_prompt_length)[:3])
+                                                          cfg.data.system_prompt, cfg.data.max_prompt_length,
+                                                          tool_specs)[:3])
         self.sampler = PromptSampler(len(self.prompts.examples), seed=cfg.data.seed, rank=acc.process_index,
                                      world_size=acc.num_processes, pass_rate_band=cfg.data.pass_rate_filter,
                                      cooldown=cfg.data.filter_cooldown)
@@ -125,9 +139,15 @@ class GRPOTrainer:
                 dtype=r.dtype or cfg.model.dtype,
                 seed=r.seed, max_model_len=max_prompt + r.max_completion_length, kv_cache_gib=r.kv_cache_gib,
                 gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep)
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep,
+                tokenizer=self.tokenizer)
             dtype = getattr(self.engine, "weight_dtype", None)  # vLLM's own: a CPU without bf16 falls back to fp32
             phase.result = "ready" + (f" in {str(dtype).removeprefix('torch.')}" if dtype is not None else "")
+        if self.tools is not None:  # multi-turn: the engine's turns with tool calls between them
+            from grpo_trainer.rollout.multiturn import MultiTurnEngine
+
+            self.engine = MultiTurnEngine(self.engine, self.tools, self.tokenizer, r.tools, r.tool_format,
+                                          r.max_turns, r.max_tool_output_tokens)
         torch.set_num_threads(self.threads)  # engines lower it for serving
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.reward_guard = RewardGuard(t.max_no_reward_steps)
@@ -186,6 +206,8 @@ class GRPOTrainer:
         finally:
             self.logger.close()
             self.reward_fn.close()
+            if self.tools is not None:
+                self.tools.close()
             if self._eval_reward_fn not in (None, self.reward_fn):
                 self._eval_reward_fn.close()
         if acc.is_main_process:
@@ -276,10 +298,12 @@ class GRPOTrainer:
                               self.cfg.trainer.micro_batch_size, self.cfg.trainer.micro_batch_tokens,
                               self.updater.share_prompt)
         diff = record.logprobs - ref  # (N, C)
-        # Summed over each row's own tokens (not the padded width): the same float32 sums as ever.
-        kl = torch.stack([diff[i, :n].sum() for i, n in enumerate(record.completion_lens.tolist())])
+        # Summed over each row's own policy tokens (not the padded width, not a tool's tokens, which
+        # the policy did not sample): the same float32 sums as ever when there is no tool.
+        policy = record.policy_tokens
+        kl = torch.stack([diff[i, :n][policy[i, :n]].sum() for i, n in enumerate(record.completion_lens.tolist())])
         stats.add("kl_reward/sum", kl.sum().item())
-        stats.add("kl_reward/tokens", float(record.num_tokens))
+        stats.add("kl_reward/tokens", float(policy.sum()))
         return diff, kl
 
     def _kl_penalised(self, record: RolloutRecord, stats: StepStats) -> RolloutRecord:

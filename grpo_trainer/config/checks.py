@@ -166,12 +166,15 @@ _RANGES = [
      "reward.max_chars reward.num_workers trainer.max_steps trainer.prompts_per_step trainer.micro_batch_size "
      "trainer.eval_examples "
      "trainer.keep_last trainer.max_bad_steps trainer.max_no_reward_steps model.lora.r data.filter_cooldown "
-     "critic.micro_batch_size"),
+     "critic.micro_batch_size "
+     "rollout.max_turns rollout.max_tool_output_tokens rollout.sandbox.memory_mb rollout.sandbox.output_chars "
+     "rollout.sandbox.num_workers"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
      "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every "
      "trainer.critic_warmup critic.warmup_steps"),
     ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
+     "rollout.sandbox.cpu_s rollout.sandbox.wall_s "
      "trainer.learning_rate trainer.max_grad_norm model.lora.alpha critic.learning_rate critic.max_grad_norm"),
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "algorithm.gamma"),
     ("a float in [0, 1]", lambda v: 0 <= v <= 1, "algorithm.lam"),
@@ -241,6 +244,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"algorithm.clip_cov_low={a.clip_cov_low} must be < algorithm.clip_cov_high="
                           f"{a.clip_cov_high}: Clip-Cov draws from the tokens with low < cov < high")
     _check_pass_rate_filter(cfg.data.pass_rate_filter)
+    _check_tools(r)
     unknown = [x for x in cfg.trainer.report_to if x not in REPORTERS]
     if unknown:
         raise ConfigError(f"trainer.report_to={show(cfg.trainer.report_to)} names {show(unknown[0])}: expected "
@@ -275,6 +279,26 @@ def _check_algorithm(cfg: Config) -> None:
         raise ConfigError(
             f"algorithm.scale={a.scale!r} does not apply to algorithm.advantage={a.advantage!r}: set "
             f"algorithm.scale=null (scale is for {', '.join(scaled)})")
+
+
+def _check_tools(r) -> None:
+    tools = r.tools
+    if not isinstance(tools, list) or not all(isinstance(t, str) and t.strip() for t in tools):
+        raise ConfigError(f"rollout.tools={show(tools)} is invalid: expected a list of tool names, e.g. [python] "
+                          "([] for single-turn sampling)")
+    if len(set(tools)) != len(tools):
+        raise ConfigError(f"rollout.tools={show(tools)} names a tool twice: list each once")
+    for name in tools:
+        if ":" not in name:  # a module:function tool is imported (and checked) when the ToolSet is built
+            from grpo_trainer.tools import ToolError, resolve_tool
+
+            try:
+                resolve_tool(name)
+            except ToolError as e:
+                raise ConfigError(f"rollout.tools: {e}") from None
+    if tools and r.tool_format == "python_block" and "python" not in tools:
+        raise ConfigError(f"rollout.tool_format=python_block runs the python tool, which rollout.tools={show(tools)} "
+                          "lacks: add python to rollout.tools or set rollout.tool_format=tool_call")
 
 
 def _check_pass_rate_filter(band: Any) -> None:

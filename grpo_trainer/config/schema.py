@@ -73,6 +73,17 @@ class DataConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Limits on one tool call, enforced in its own process (grpo_trainer/tools)."""
+
+    cpu_s: float = 5.0
+    wall_s: float = 10.0
+    memory_mb: int = 512
+    output_chars: int = 4000
+    num_workers: int = 2
+
+
+@dataclass
 class RolloutConfig:
     backend: Literal["vllm", "hf"] = "vllm"
     num_generations: int = 8  # G: samples per prompt
@@ -92,6 +103,16 @@ class RolloutConfig:
     # GPU, vLLM: release the engine's weights and KV cache during the update (vLLM sleep mode,
     # level 2) and restore them for the weight push, so the trainer gets that memory.
     sleep: bool = False
+    # Multi-turn tool use (rollout/multiturn.py). []: single-turn sampling. Each name is a tool the
+    # sandbox runs (grpo_trainer/tools); the model calls one in the tool_format and its result is
+    # appended as a tool message before generation continues.
+    tools: list = field(default_factory=list)
+    max_turns: int = 4  # generation turns per trajectory (a call in the last one is not run)
+    max_tool_output_tokens: int = 128  # a tool result's body is cut to this many tokens
+    # python_block: ```python\n<code>\n``` (runs the python tool); tool_call:
+    # <tool_call>{"name": ..., "arguments": {...}}</tool_call>. Generation stops at the closing marker.
+    tool_format: Literal["python_block", "tool_call"] = "python_block"
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 @dataclass

@@ -220,6 +220,7 @@ def render_prompts(
     instruction: str = DEFAULT_INSTRUCTION,
     system_prompt: str | None = None,
     max_prompt_length: int = 512,
+    tools: list[dict] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str], list[list[int]], int]:
     """Chat-format each example; drop prompts over max_prompt_length tokens.
 
@@ -228,6 +229,8 @@ def render_prompts(
     template already writes BOS/role tokens. Without one (base models): the text is
     "{system}\n\n" (if given) + "{question}\n{instruction}\n", tokenized with the tokenizer's
     own special tokens (e.g. BOS), since nothing else adds them.
+    `tools`: function schemas (ToolSet.descriptions()) for a template with tool support, which
+    places them in the prompt itself; templates without it ignore them.
     Returns (kept_examples, prompt_texts, prompt_ids, num_dropped), the first three aligned.
     """
     if max_prompt_length <= 0:
@@ -242,7 +245,8 @@ def render_prompts(
         if has_template:
             messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
             messages.append({"role": "user", "content": user})
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                 **({"tools": tools} if tools else {}))
             tok_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
             text = (f"{system_prompt}\n\n" if system_prompt else "") + user + "\n"

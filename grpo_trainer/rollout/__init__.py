@@ -14,7 +14,7 @@ def make_engine(backend: str, *, model_path: str, policy=None, dtype: str = "flo
                 max_model_len: int = 1024, kv_cache_gib: float = 2.0, gpu_memory_utilization: float = 0.3,
                 enforce_eager: bool = True, eos_token_id: int | None = None,
                 pad_token_id: int | None = None, max_lora_rank: int | None = None,
-                sleep: bool = False) -> RolloutEngine:
+                sleep: bool = False, tokenizer=None) -> RolloutEngine:
     if backend == "vllm":
         from .vllm_engine import VLLMEngine
 
@@ -29,5 +29,5 @@ def make_engine(backend: str, *, model_path: str, policy=None, dtype: str = "flo
                              "itself, there is no engine memory to release; set rollout.sleep=false")
         if policy is None:
             raise ValueError("rollout.backend=hf needs the policy model (it samples from it directly)")
-        return HFEngine(policy, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        return HFEngine(policy, eos_token_id=eos_token_id, pad_token_id=pad_token_id, tokenizer=tokenizer)
     raise ValueError(f"rollout.backend={backend!r} is unknown: use 'vllm' or 'hf'")

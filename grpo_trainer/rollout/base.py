@@ -17,6 +17,8 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    # Strings that end a sample, kept in its ids (a tool call's closing marker, rollout/multiturn.py).
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
@@ -28,6 +30,9 @@ class RolloutBatch:
     completion_ids: list[list[int]]  # (B*G,) sampled token ids, EOS included when produced
     logprobs: list[list[float]]  # (B*G,) sampling log-prob of each completion token
     truncated: list[bool]  # (B*G,) True when the length limit, not EOS, ended the sample
+    # Multi-turn tool use (rollout/multiturn.py) only; None for single-turn samples:
+    tool_mask: list[list[bool]] | None = None  # (B*G,) per token: True = written by a tool, not the policy
+    tool_counts: list[tuple[int, int, int, int]] | None = None  # (B*G,) (turns, calls, errors, timeouts)
 
     @property
     def group_size(self) -> int:
@@ -45,11 +50,14 @@ class RolloutBatch:
 
 class RolloutEngine(abc.ABC):
     @abc.abstractmethod
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int,
+                 max_tokens: list[int] | None = None) -> RolloutBatch:
         """Sample `sampling.num_generations` completions for each prompt.
 
         `seed` makes the draw reproducible: the same weights, prompts and seed give the same
-        completions (which is what exact resume relies on)."""
+        completions (which is what exact resume relies on). `max_tokens`: a length limit per
+        prompt instead of `sampling.max_tokens` (multi-turn rows have different budgets left).
+        A sample that produces one of `sampling.stop` ends there, the stop string's tokens kept."""
 
     @abc.abstractmethod
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -66,15 +66,23 @@ class VLLMEngine(RolloutEngine):
         torch.set_num_threads(threads)
         self.weight_dtype: torch.dtype = self.llm.llm_engine.model_config.dtype
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> RolloutBatch:
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int,
+                 max_tokens: list[int] | None = None) -> RolloutBatch:
         from vllm import SamplingParams
 
         if self.asleep:  # its weight memory holds garbage until the next push
             raise RuntimeError("the vLLM engine is asleep: push the policy's weights (load_weights) before sampling")
 
-        params = SamplingParams(n=sampling.num_generations, max_tokens=sampling.max_tokens,
-                                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                logprobs=0)
+        # A stop string ends the sample with the token that completed it kept in token_ids (vLLM cuts
+        # only the text; include_stop_str_in_output keeps that too).
+        stop = {"stop": list(sampling.stop), "include_stop_str_in_output": True} if sampling.stop else {}
+
+        def params_for(limit: int):
+            return SamplingParams(n=sampling.num_generations, max_tokens=limit, temperature=sampling.temperature,
+                                  top_p=sampling.top_p, top_k=sampling.top_k, logprobs=0, **stop)
+
+        params = (params_for(sampling.max_tokens) if max_tokens is None
+                  else [params_for(limit) for limit in max_tokens])
         torch.manual_seed(seed)  # the in-process sampler draws from the global generator
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False,
                                     lora_request=self.lora_request)
