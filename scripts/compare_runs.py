@@ -3,8 +3,8 @@ more in one run than another, e.g. PPO's critic) or against steps.
 
     python scripts/compare_runs.py runs/grpo:GRPO runs/ppo:PPO --out cmp.png [--x time|step]
 
-Left panel: the training reward (`reward/mean`, per step, and a 3-step moving mean); right panel:
-held-out greedy accuracy (`eval/accuracy`, markers). Also prints one table row per run: steps,
+Panels: the training reward (`reward/mean`, per step, and a 3-step moving mean), the mean
+completion length, held-out greedy accuracy (`eval/accuracy`, markers). Also prints one table row per run: steps,
 seconds per step (median), mean reward over the first and last third of the steps, last
 held-out accuracy. The run directories are read as grpo_trainer.plot reads them.
 """
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PlotError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4.2), dpi=100)
     print("| run | steps | s/step (median) | reward, first third | reward, last third | held-out accuracy |")
     print("|---|---|---|---|---|---|")
     for label, rows in runs:
@@ -71,14 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         line, = left.plot(x, reward, alpha=0.35)
         smooth = [statistics.fmean(v for v in reward[max(0, i - 2):i + 1] if v is not None) for i in range(len(rows))]
         left.plot(x, smooth, color=line.get_color(), label=label)
+        middle.plot(x, [r.get("completion/len_mean") for r in rows], color=line.get_color(), label=label)
         pts = [(xi, r["eval/accuracy"]) for xi, r in zip(x, rows) if r.get("eval/accuracy") is not None]
         if pts:
             right.plot(*zip(*pts), marker="o", color=line.get_color(), label=label)
         print(summary(label, rows))
     xlabel = "wall-clock (minutes)" if args.x == "time" else "step"
     left.set(title="training reward (3-step moving mean)", xlabel=xlabel, ylabel="reward/mean")
+    middle.set(title="completion length", xlabel=xlabel, ylabel="tokens (mean)", ylim=(0, None))
     right.set(title="held-out greedy accuracy", xlabel=xlabel, ylabel="eval/accuracy", ylim=(0, None))
-    for ax in (left, right):
+    for ax in (left, middle, right):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
