@@ -78,7 +78,9 @@ def test_ppo_recipe_two_steps_under_vllm(tiny_llama: Path, tmp_path: Path):
     run = tmp_path / "run"
     proc = launch(["--recipe", str(REPO / "recipes/ppo_synthetic_smollm2.yaml"), *tiny_overrides(tiny_llama, run, 2),
                    "rollout.num_generations=2", "trainer.mixed_precision=no", "rollout.dtype=null",
-                   "critic.learning_rate=1e-3", "trainer.eval_every=0"])
+                   "critic.learning_rate=1e-3", "trainer.eval_every=0",
+                   # InstructGPT-style: -beta * KL_t to the reference in every token's reward
+                   "algorithm.beta=0.05", "algorithm.kl_mode=reward"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2]
@@ -87,6 +89,9 @@ def test_ppo_recipe_two_steps_under_vllm(tiny_llama: Path, tmp_path: Path):
                     "time/critic", "train/loss", "train/grad_norm", "mismatch/kl"):
             assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r[key])
         assert r["critic/grad_norm"] > 0 and r["mismatch/kl"] < 1e-3  # fp32 engine and trainer agree
+    # The reference is the starting policy: the k1 estimate is ~0 at step 1 (engine vs trainer rounding
+    # only) and clearly not once trained (a 16-sample k1 mean may have either sign).
+    assert abs(rows[0]["train/kl"]) < 1e-4 and abs(rows[1]["train/kl"]) > 1e-3, [r["train/kl"] for r in rows]
     assert rows[0]["critic/value_mean"] == 0.0  # the head starts at 0 ...
     assert rows[1]["critic/value_mean"] != 0.0  # ... and learned in step 1
     assert (run / "checkpoint-000002" / "critic" / "model.safetensors").is_file()
