@@ -254,7 +254,8 @@ class PolicyUpdater:
             per_token = algo.cov_controlled_loss(per_token, logp, old, rec["control"][rows, :C], a.entropy_control,
                                                  a.kl_cov_coef)
         if self.capture.intersection(mb.rows):
-            self._capture(mb, logp, old, entropy, rec["adv"][rows, :C])
+            # A registered loss that marks no tokens (stats without "clipped") shows none as clipped.
+            self._capture(mb, old, entropy, stats.get("clipped", torch.zeros_like(mask)))
         tis_sum = 0.0
         if rc.level is not None:
             per_token = per_token * w
@@ -274,12 +275,12 @@ class PolicyUpdater:
                  "old_new": algo.kl_estimate(old, logp.detach(), "k3")[mask].sum().item()}
         return loss, mask, stats
 
-    def _capture(self, mb: MicroBatch, logp, old, entropy, adv) -> None:
+    def _capture(self, mb: MicroBatch, old, entropy, clipped) -> None:
         """Per-token values of the rows in `self.capture`, from this forward (no extra one): the
         trainer's log-prob of each sampled token under the policy the engine sampled from (`old`),
-        the entropy, and whether the ratio's clip acted on it in any pass (as algo.ppo_clip counts it)."""
-        ratio = torch.exp(logp.detach() - old)
-        clipped = ((adv < 0) & (ratio < 1.0 - self.a.eps_low)) | ((adv > 0) & (ratio > 1.0 + self.a.eps_high))
+        the entropy, and whether the policy loss's clip acted on it in any pass (the tokens its
+        clip_frac_low/high count: the token ratio for ppo_clip, the sequence's for GSPO, the
+        capped weight for CISPO)."""
         for j, row in enumerate(mb.rows):
             if row in self.capture:
                 n = int(mb.completion_mask[j].sum())

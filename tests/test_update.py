@@ -297,3 +297,22 @@ def test_captured_rows_hold_the_trainer_values_of_the_sampling_policy(base_model
         if not algo_kwargs:  # the one forward of the one pass: its entropy is pi_old's
             assert torch.allclose(got["entropy"].double(), entropy[i, :n], atol=1e-6)
             assert not got["clipped"].any()  # ratio 1 by construction
+
+
+@pytest.mark.parametrize("loss", ["gspo", "cispo"])
+def test_captured_clip_flags_follow_the_policy_losses_own_clip(base_model, step_batch, loss):
+    # Two passes with SGD lr 1: pass 2 sees each row's ratio moved in its advantage's direction, so
+    # GSPO's sequence ratio is far outside its 3e-4/4e-4 band (every token of such a row is flagged,
+    # as GSPO clips whole sequences) and CISPO's capped weight acts on some tokens. The flags are the
+    # tokens the loss's clip fractions count, not ppo_clip's rule applied to another loss.
+    model = copy.deepcopy(base_model)
+    a = dataclasses.replace(AlgorithmConfig(), policy_loss=loss, num_iterations=2)
+    updater = PolicyUpdater(Accelerator(cpu=True), model, torch.optim.SGD(model.parameters(), lr=1.0), None, 0, a,
+                            1.0, 3, 1e9, MAX_LEN)
+    updater.capture = {0, 1, 2, 3}
+    metrics = updater.update(step_batch, beta=0.0)
+    flags = [updater.captured[i]["clipped"] for i in sorted(updater.captured)]
+    assert any(f.any() for f in flags)
+    if loss == "gspo":
+        assert all(f.all() or not f.any() for f in flags)  # one verdict per sequence
+        assert metrics["train/clip_frac_low"] + metrics["train/clip_frac_high"] > 0

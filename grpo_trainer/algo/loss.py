@@ -83,6 +83,8 @@ def clipped_policy_loss(
       ``clip_frac_low``   ratio < 1 - eps_low and A < 0 (gradient clipped on the low side)
       ``clip_frac_high``  ratio > 1 + eps_high and A > 0 (gradient clipped on the high side)
       ``dual_clip_frac``  A < 0 and the dual-clip bound c * A is active
+      ``clipped``         (N, T) bool: the tokens counted in clip_frac_low or clip_frac_high (the
+                          sample log marks them)
     """
     check_clip_range(eps_low, eps_high)
     if dual_clip_c is not None and not (1.0 < dual_clip_c < math.inf):
@@ -111,6 +113,7 @@ def clipped_policy_loss(
             "clip_frac_low": low.sum().to(logp.dtype) / count,
             "clip_frac_high": high.sum().to(logp.dtype) / count,
             "dual_clip_frac": (dual_active & m).sum().to(logp.dtype) / count,
+            "clipped": low | high,
         }
     return per_token, stats
 

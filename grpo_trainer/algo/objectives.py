@@ -13,7 +13,7 @@ GSPO is a sequence-level objective: every loss token of sequence i carries the s
 
 Stats (detached 0-dim tensors, fractions of the masked-in tokens, 0 when there are none) have the
 keys of ``clipped_policy_loss``: ``clip_frac_low`` / ``clip_frac_high``, whose meaning each
-docstring gives.
+docstring gives, and ``clipped``, the (N, T) bool mask of the tokens they count.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _fractions(m: torch.Tensor, low: torch.Tensor, high: torch.Tensor, dtype) ->
     with torch.no_grad():
         count = m.sum().clamp(min=1).to(dtype)
         return {"clip_frac_low": (low & m).sum().to(dtype) / count,
-                "clip_frac_high": (high & m).sum().to(dtype) / count}
+                "clip_frac_high": (high & m).sum().to(dtype) / count, "clipped": (low | high) & m}
 
 
 # algorithm.policy_loss: gspo, with its own (far smaller) clip range.

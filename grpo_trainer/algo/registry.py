@@ -107,7 +107,9 @@ def register_advantage(name: str, *, scale: str | None = None, grouped: bool = T
 def register_policy_loss(name: str, *, options: Mapping[str, str] | None = None
                          ) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn(logp, old_logp, advantages, mask, **keywords) -> (per_token (N, T),
-    stats)`` as ``name``; ``options``: algorithm.<config key> -> keyword of fn."""
+    stats)`` as ``name``; ``options``: algorithm.<config key> -> keyword of fn. ``stats`` holds
+    ``clip_frac_low`` / ``clip_frac_high`` (0-dim) and, optionally, ``clipped`` ((N, T) bool: the
+    tokens they count, marked in the sample log)."""
     def decorate(fn: Callable) -> Callable:
         POLICY_LOSSES.add(Entry(name, fn, dict(options or {})))
         return fn
