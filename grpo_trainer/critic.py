@@ -29,11 +29,12 @@ from transformers import get_scheduler
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from grpo_trainer import algo, distributed, lora
-from grpo_trainer.forward import completion_outputs, record_micro_batches
+from grpo_trainer.forward import completion_outputs, record_micro_batches, record_per_token
 from grpo_trainer.lora import is_peft
 from grpo_trainer.models import DTYPES
 from grpo_trainer.record import RolloutRecord
 from grpo_trainer.step_stats import StepStats
+from grpo_trainer.update import mini_batches
 
 log = logging.getLogger(__name__)
 
@@ -109,32 +110,23 @@ class Critic:
 
     def values(self, record: RolloutRecord) -> torch.Tensor:
         """(N, C) float32: V of the state before every completion token, without gradients; 0 at padding."""
-        out = torch.zeros(record.completion_ids.shape, dtype=torch.float32)
-        with torch.no_grad():
-            for mb in record_micro_batches(record, list(range(record.num_rows)), self.cfg.micro_batch_size,
-                                           self.cfg.micro_batch_tokens):
-                v = self._values(mb.to(self.acc.device)).cpu()
-                out[mb.rows, :v.shape[1]] = torch.where(mb.completion_mask, v, torch.zeros(()))
-        return out
+        return record_per_token(record, self._values, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens,
+                                self.acc.device)
 
     # ------------------------------------------------------------------ update
     def update(self, record: RolloutRecord, old_values: torch.Tensor, returns: torch.Tensor, stats: StepStats) -> None:
         """Regress V on `returns` (N, C) with the clipped value loss, in the policy's mini-batches
         (rows k::num_mini_batches); adds critic/* sums to `stats`."""
         a, acc = self.a, self.acc
-        n, in_loss = record.num_rows, record.in_loss.tolist()
-        tokens = record.loss_mask.sum(dim=1).tolist()
-        chunks = [[i for i in range(k, n, a.num_mini_batches) if in_loss[i]] for k in range(a.num_mini_batches)]
-        counts = acc.reduce(torch.tensor([float(sum(tokens[i] for i in rows)) for rows in chunks],
-                                         dtype=torch.float64, device=acc.device), "sum").tolist()
+        minis = mini_batches(acc, record, a.num_mini_batches)
         old, ret = old_values.to(acc.device), returns.to(acc.device)
         sums = {"loss": 0.0, "clipped": 0.0, "tokens": 0.0}
         grad_norm = torch.tensor(0.0)
         self.model.train()
         for _ in range(a.num_iterations):
-            for rows, total in zip(chunks, counts):
+            for rows, stand_in, total, _ in minis:
                 # A process with no rows here still takes part in the gradient all-reduce (zero weight).
-                plan = rows or list(range(n))[:1]
+                plan = rows or [stand_in]
                 mbs = [mb.to(acc.device) for mb in record_micro_batches(record, plan, self.cfg.micro_batch_size,
                                                                         self.cfg.micro_batch_tokens)]
                 for k, mb in enumerate(mbs):

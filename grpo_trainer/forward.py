@@ -85,6 +85,17 @@ def record_micro_batches(record: RolloutRecord, rows: list[int], micro_batch_siz
     return [pack_record(record, [rows[j] for j in p]) for p in plan]
 
 
+def record_per_token(record: RolloutRecord, fn, micro_batch_size: int, max_tokens: int | None, device) -> torch.Tensor:
+    """(N, C) float32: `fn(micro_batch) -> (M, c)` over every row of the record, without gradients,
+    0 at padding (the reference's log-probs, the critic's old values)."""
+    out = torch.zeros(record.completion_ids.shape, dtype=torch.float32)
+    with torch.no_grad():
+        for mb in record_micro_batches(record, list(range(record.num_rows)), micro_batch_size, max_tokens):
+            v = fn(mb.to(device)).float().cpu()
+            out[mb.rows, :v.shape[1]] = torch.where(mb.completion_mask.cpu(), v, torch.zeros((), dtype=torch.float32))
+    return out
+
+
 def pack(rows: list[int], prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> MicroBatch:
     """Pad the given rows into one micro-batch (prompts[i] and completions[i] belong to rows[i]),
     for callers holding plain lists (tests, the benchmark). Rows with equal prompts share one

@@ -146,8 +146,8 @@ class GRPOTrainer:
         if self.tools is not None:  # multi-turn: the engine's turns with tool calls between them
             from grpo_trainer.rollout.multiturn import MultiTurnEngine
 
-            self.engine = MultiTurnEngine(self.engine, self.tools, self.tokenizer, r.tools, r.tool_format,
-                                          r.max_turns, r.max_tool_output_tokens)
+            self.engine = MultiTurnEngine(self.engine, self.tools, self.tokenizer, r.tool_format, r.max_turns,
+                                          r.max_tool_output_tokens)
         torch.set_num_threads(self.threads)  # engines lower it for serving
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.reward_guard = RewardGuard(t.max_no_reward_steps)

@@ -21,7 +21,7 @@ import math
 import torch
 
 from grpo_trainer import algo, distributed, entropy_control
-from grpo_trainer.forward import MicroBatch, completion_logprobs, record_micro_batches
+from grpo_trainer.forward import MicroBatch, completion_logprobs, record_micro_batches, record_per_token
 from grpo_trainer.record import RolloutRecord
 from grpo_trainer.step_stats import StepStats
 
@@ -30,14 +30,27 @@ def record_logprobs(model, record: RolloutRecord, device, temperature: float, mi
                     max_tokens: int | None = None, share_prompt: bool = True) -> torch.Tensor:
     """(N, C) float32: every row's completion log-probs under `model`, without gradients (the
     reference for the KL-in-reward penalty); 0 at padding."""
-    out = torch.zeros(record.completion_ids.shape, dtype=torch.float32)
-    with torch.no_grad():
-        for mb in record_micro_batches(record, list(range(record.num_rows)), micro_batch_size, max_tokens):
-            logp = completion_logprobs(model, mb.to(device), temperature, share_prompt=share_prompt)[0].float().cpu()
-            out[mb.rows, :logp.shape[1]] = torch.where(mb.completion_mask, logp, torch.zeros((), dtype=torch.float32))
-    return out
+    return record_per_token(record, lambda mb: completion_logprobs(model, mb, temperature, share_prompt=share_prompt)[0],
+                            micro_batch_size, max_tokens, device)
 
 
+def mini_batches(acc, record: RolloutRecord, num_mini_batches: int) -> list[tuple[list[int], int, float, float]]:
+    """The step's mini-batches, shared by the policy and the critic: for each k, (the rows in the
+    loss among k, k+M, k+2M, ..., the row a process with none of them computes at zero weight, and
+    the loss tokens and rows of that mini-batch summed over all processes). All normalisers come
+    from one collective, before any backward."""
+    n, M = record.num_rows, num_mini_batches
+    in_loss, loss_tokens = record.in_loss.tolist(), record.loss_mask.sum(dim=1).tolist()
+    chunks = [[i for i in range(k, n, M) if in_loss[i]] for k in range(M)]
+    local = [v for rows in chunks for v in (float(sum(loss_tokens[i] for i in rows)), float(len(rows)))]
+    counts = acc.reduce(torch.tensor(local, dtype=torch.float64, device=acc.device), "sum").tolist()
+    # Every process must take part in each gradient all-reduce: one with no rows here runs row k
+    # (the slice's first; the last row if there are fewer rows than mini-batches) at zero weight.
+    return [(rows, min(k, n - 1), counts[2 * k], counts[2 * k + 1]) for k, rows in enumerate(chunks)]
+
+
+# The update's partial sums (update/<key> in the step's StepStats).
+_SUMS = ("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl", "old_new_tokens", "tis")
 # (metric, sum, divided by): logged as mismatch/<metric>; the rho band is algorithm.rollout_correction's.
 _MISMATCH_MEANS = (("mean_abs_logp_diff", "abs_diff", "tokens"), ("token_out_frac", "tokens_out", "tokens"),
                    ("seq_out_frac", "seqs_out", "seqs"), ("corrected_frac", "corrected", "tokens"))
@@ -85,7 +98,6 @@ class PolicyUpdater:
         a, acc = self.a, self.acc
         if record.advantages is None:
             raise ValueError("the record has no advantages: set them (record.with_advantages) before the update")
-        n = record.num_rows
         self.captured = {}
         kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
         # A row with advantage 0 contributes exactly nothing when no KL/entropy term is on: it is
@@ -93,25 +105,16 @@ class PolicyUpdater:
         needs_all = (kl_in_loss or a.entropy_coef != 0 or not a.skip_zero_advantage
                      or distributed.lockstep(acc))
         need_old = self.need_old
-        in_loss = record.in_loss.tolist()
-        loss_tokens = record.loss_mask.sum(dim=1).tolist()
         control = entropy_control.select_tokens(acc, record, a, seed, stats)  # (N, C) bool or None
         trained = record.advantages != 0
         if a.entropy_control == "kl_cov" and need_old:  # its penalty gives a zero-advantage row a gradient
             trained = trained | control
         nonzero = trained.any(dim=1).tolist()
-        chunks = [[i for i in list(range(n))[k::a.num_mini_batches] if in_loss[i]] for k in range(a.num_mini_batches)]
-        # Every mini-batch's normalisers in one collective, before any backward.
-        counts = self._sum(*(v for rows in chunks
-                             for v in (float(sum(loss_tokens[i] for i in rows)), float(len(rows)))))
         minis = []
-        for k, rows in enumerate(chunks):
-            tokens, seqs = counts[2 * k], counts[2 * k + 1]
+        for rows, stand_in, tokens, seqs in mini_batches(acc, record, a.num_mini_batches):
             train_rows = [i for i in rows if needs_all or nonzero[i]]
-            # Every process must take part in each gradient all-reduce: one with nothing to
-            # train runs a zero-weighted micro-batch.
-            dummy = not train_rows
-            plan_rows = train_rows or list(range(n))[k::a.num_mini_batches][:1]
+            dummy = not train_rows  # nothing to train here: a zero-weighted micro-batch (see mini_batches)
+            plan_rows = train_rows or [stand_in]
             mbs = [mb.to(acc.device) for mb in record_micro_batches(record, plan_rows, self.micro_batch_size,
                                                                     self.micro_batch_tokens)]
             dummies = [dummy] * len(mbs)
@@ -129,8 +132,7 @@ class PolicyUpdater:
         # Per token, on the device once; micro-batches take their rows' slices.
         rec = {"adv": record.advantages.to(acc.device), "engine": record.logprobs.to(acc.device),
                "control": None if control is None else control.to(acc.device)}
-        sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",
-                              "old_new_tokens", "tis"), 0.0)
+        sums = dict.fromkeys(_SUMS, 0.0)
         grad_norm, passes, stop = torch.tensor(0.0), 0, False
         canary: dict[str, float] = {}  # engine vs trainer on pass 1: algo.mismatch_stats' sums (and maximum)
         self.model.train()
@@ -159,9 +161,7 @@ class PolicyUpdater:
         """No update this step (trainer.critic_warmup): the same metric names as `run`, measuring
         nothing (their logged values are NaN)."""
         entropy_control.select_tokens(self.acc, record, self.a, seed, stats)
-        sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high", "tokens", "old_new_kl",
-                              "old_new_tokens", "tis"), 0.0)
-        self._add_stats(stats, sums, {}, 0, 0, 0.0)
+        self._add_stats(stats, dict.fromkeys(_SUMS, 0.0), {}, 0, 0, 0.0)
 
     @staticmethod
     def _add_stats(stats: StepStats, sums: dict, canary: dict, rows: int, passes: int, grad_norm: float) -> None:

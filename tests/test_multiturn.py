@@ -85,13 +85,13 @@ def test_template_without_tool_role_falls_back_to_user(tok):
 
 def test_formats_parse_calls_and_name_malformed_ones():
     py, tc = FORMATS["python_block"], FORMATS["tool_call"]
-    assert py.parse("Let me see.\n```python\nx = 1\n```\nno\n```python\nprint(6 * 7)\n```\n", ("python",)) == \
+    assert py.parse("Let me see.\n```python\nx = 1\n```\nno\n```python\nprint(6 * 7)\n```\n") == \
         ("python", "print(6 * 7)")
-    assert py.parse("Here:\n```\n", ("python",)).startswith("error: malformed tool call")
-    assert tc.parse('<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call>',
-                    ("calculator",)) == ("calculator", '{"expression": "2+3"}')
-    assert "not JSON" in tc.parse("<tool_call>{name: calculator}</tool_call>", ("calculator",))
-    assert 'no "name"' in tc.parse('<tool_call>{"arguments": {}}</tool_call>', ("calculator",))
+    assert py.parse("Here:\n```\n").startswith("error: malformed tool call")
+    assert tc.parse('<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call>') == \
+        ("calculator", '{"expression": "2+3"}')
+    assert "not JSON" in tc.parse("<tool_call>{name: calculator}</tool_call>")
+    assert 'no "name"' in tc.parse('<tool_call>{"arguments": {}}</tool_call>')
     # The opening fence never contains the python stop string; the closing one does.
     assert all(s not in "```python\n" and s in "x\n```\n" for s in py.stop)
 
@@ -103,7 +103,7 @@ def test_scripted_transcript_gives_exact_ids_and_mask(tok, python_tool):
     t2 = enc(tok, "It is 42.") + [tok.eos_token_id]
     t1b = enc(tok, "It is 40.") + [tok.eos_token_id]  # the second sample answers at once
     engine = ScriptedEngine([[(t1, False), (t1b, False)], [(t2, False)]])
-    mt = MultiTurnEngine(engine, python_tool, tok, ["python"], "python_block", max_turns=4,
+    mt = MultiTurnEngine(engine, python_tool, tok, "python_block", max_turns=4,
                          max_tool_output_tokens=16)
     batch = mt.generate([prompt], SamplingConfig(2, 64, stop=()), seed=11)
     tool = (enc(tok, "<|im_end|>\n<|im_start|>tool\n") + enc(tok, "42\n")
@@ -133,7 +133,7 @@ def test_malformed_call_and_tool_timeout_are_results_not_crashes(tok, python_too
     loop = enc(tok, "```python\nwhile True:\n    pass\n```\n")  # runs into the sandbox's wall-clock limit
     done = enc(tok, "ok") + [tok.eos_token_id]
     engine = ScriptedEngine([[(bad, False), (loop, False)], [(done, False), (done, False)]])
-    mt = MultiTurnEngine(engine, python_tool, tok, ["python"], "python_block", 4, 64)
+    mt = MultiTurnEngine(engine, python_tool, tok, "python_block", 4, 64)
     batch = mt.generate([prompt], SamplingConfig(2, 200), seed=0)
     assert batch.tool_counts == [(2, 1, 1, 0), (2, 1, 0, 1)]
     texts = [tok.decode([t for t, m in zip(ids, mask) if m])
@@ -146,22 +146,22 @@ def test_malformed_call_and_tool_timeout_are_results_not_crashes(tok, python_too
 def test_turn_cap_and_length_cap(tok, python_tool):
     prompt = enc(tok, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     call = enc(tok, "```python\nprint(1)\n```\n")
-    tool = MultiTurnEngine(ScriptedEngine([]), python_tool, tok, ["python"], "python_block", 2, 16).message.ids("1\n")
+    tool = MultiTurnEngine(ScriptedEngine([]), python_tool, tok, "python_block", 2, 16).message.ids("1\n")
     # Turn cap 2: the second turn's call is neither run nor counted; the row is not truncated.
     engine = ScriptedEngine([[(call, False)], [(call, False)]])
-    batch = MultiTurnEngine(engine, python_tool, tok, ["python"], "python_block", 2, 16).generate(
+    batch = MultiTurnEngine(engine, python_tool, tok, "python_block", 2, 16).generate(
         [prompt], SamplingConfig(1, 200), seed=0)
     assert batch.completion_ids == [call + tool + call] and batch.tool_counts == [(2, 1, 0, 0)]
     assert batch.truncated == [False] and len(engine.calls) == 2
     # Length cap: a result that leaves no room to generate ends the trajectory, truncated, without it.
     cap = len(call) + len(tool)
     engine = ScriptedEngine([[(call, False)]])
-    batch = MultiTurnEngine(engine, python_tool, tok, ["python"], "python_block", 4, 16).generate(
+    batch = MultiTurnEngine(engine, python_tool, tok, "python_block", 4, 16).generate(
         [prompt], SamplingConfig(1, cap), seed=0)
     assert batch.completion_ids == [call] and batch.truncated == [True] and len(engine.calls) == 1
     # One token more and it fits: turn 2 gets a budget of exactly 1, and the engine's cut is the trajectory's.
     engine = ScriptedEngine([[(call, False)], [(call[:1], True)]])
-    batch = MultiTurnEngine(engine, python_tool, tok, ["python"], "python_block", 4, 16).generate(
+    batch = MultiTurnEngine(engine, python_tool, tok, "python_block", 4, 16).generate(
         [prompt], SamplingConfig(1, cap + 1), seed=0)
     assert engine.calls[1]["limits"] == [1]
     assert batch.completion_ids == [call + tool + call[:1]] and batch.truncated == [True]
@@ -171,7 +171,7 @@ def test_turn_cap_and_length_cap(tok, python_tool):
 # A format for the random tiny model: its turns end at the first "e" it writes (it writes one
 # within a few tokens) and every turn "calls" the python tool with fixed code, so three turns
 # with real tool results happen without a model that knows any format.
-E_FORMAT = ToolFormat(("e",), lambda text, names: ("python", "print(6 * 7)"), "e")
+E_FORMAT = ToolFormat(("e",), lambda text: ("python", "print(6 * 7)"), "e")
 
 
 class Spy(RolloutEngine):
@@ -203,7 +203,7 @@ def hf_engine(tiny_llama, tok):
 def test_trainer_ids_are_engine_ids_and_tool_ids_over_three_turns(tok, hf_engine, python_tool, monkeypatch):
     monkeypatch.setitem(FORMATS, "e_stop", E_FORMAT)
     spy = Spy(hf_engine)
-    mt = MultiTurnEngine(spy, python_tool, tok, ["python"], "e_stop", max_turns=3, max_tool_output_tokens=8)
+    mt = MultiTurnEngine(spy, python_tool, tok, "e_stop", max_turns=3, max_tool_output_tokens=8)
     prompts = [enc(tok, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"), enc(tok, "<|im_start|>user\nyo")]
     sampling = SamplingConfig(3, 60, temperature=1.0)
     batch = mt.generate(prompts, sampling, seed=5)
@@ -309,7 +309,7 @@ def test_vllm_turns_continue_from_the_exact_ids(tok, tiny_llama, python_tool, mo
                          kv_cache_gib=0.5)
     try:
         spy = Spy(engine)
-        mt = MultiTurnEngine(spy, python_tool, tok, ["python"], "e_stop", max_turns=3, max_tool_output_tokens=8)
+        mt = MultiTurnEngine(spy, python_tool, tok, "e_stop", max_turns=3, max_tool_output_tokens=8)
         prompt = enc(tok, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
         batch = mt.generate([prompt], SamplingConfig(4, 60, temperature=1.0), seed=5)
         tool = mt.message.ids("42\n")

@@ -43,18 +43,18 @@ class ToolFormat:
     the parser of a turn's text into (tool name, arguments JSON) or an error string."""
 
     stop: tuple[str, ...]
-    parse: Callable[[str, tuple[str, ...]], "tuple[str, str] | str"]
+    parse: Callable[[str], "tuple[str, str] | str"]
     example: str
 
 
-def _parse_python_block(text: str, tools: tuple[str, ...]) -> tuple[str, str] | str:
+def _parse_python_block(text: str) -> tuple[str, str] | str:
     blocks = _PYTHON_BLOCK.findall(text)
     if not blocks:
         return "error: malformed tool call: write the code as ```python\\n<code>\\n``` on lines of their own"
     return "python", blocks[-1]  # the python tool takes the code as it is
 
 
-def _parse_tool_call(text: str, tools: tuple[str, ...]) -> tuple[str, str] | str:
+def _parse_tool_call(text: str) -> tuple[str, str] | str:
     found = _TOOL_CALL.findall(text)
     expected = 'expected <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'
     if not found:
@@ -135,18 +135,18 @@ class _Trajectory:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     tool: list[bool] = field(default_factory=list)
-    last: list[int] = field(default_factory=list)  # the latest turn's sampled ids
+    last_text: str = ""  # the latest turn's sampled ids, decoded (to find and parse a call; never re-encoded)
     truncated: bool = False
     turns: int = 0
     calls: int = 0
     errors: int = 0
     timeouts: int = 0
 
-    def add_turn(self, ids: list[int], logprobs: list[float], truncated: bool) -> None:
+    def add_turn(self, ids: list[int], logprobs: list[float], truncated: bool, text: str) -> None:
         self.ids += ids
         self.logprobs += logprobs
         self.tool += [False] * len(ids)
-        self.last, self.truncated, self.turns = list(ids), truncated, self.turns + 1
+        self.last_text, self.truncated, self.turns = text, truncated, self.turns + 1
 
 
 class MultiTurnEngine(RolloutEngine):
@@ -154,10 +154,10 @@ class MultiTurnEngine(RolloutEngine):
     RolloutBatch with their tool mask and per-row (turns, calls, errors, timeouts). `tools`: an
     object with `run_many(list[ToolCall]) -> list[ToolResult]` (grpo_trainer.tools.ToolSet)."""
 
-    def __init__(self, engine: RolloutEngine, tools, tokenizer, tool_names: Iterable[str], tool_format: str,
-                 max_turns: int, max_tool_output_tokens: int):
+    def __init__(self, engine: RolloutEngine, tools, tokenizer, tool_format: str, max_turns: int,
+                 max_tool_output_tokens: int):
         self.engine, self.tools, self.tokenizer = engine, tools, tokenizer
-        self.names, self.format, self.max_turns = tuple(tool_names), FORMATS[tool_format], max_turns
+        self.format, self.max_turns = FORMATS[tool_format], max_turns
         self.message = ToolMessage(tokenizer, max_tool_output_tokens)
 
     def __getattr__(self, name):  # weight_dtype, lora_request, ...: the wrapped engine's
@@ -174,7 +174,7 @@ class MultiTurnEngine(RolloutEngine):
         rows = [_Trajectory(prompt=list(prompt_ids[i // G]), limit=limits[i // G])
                 for i in range(len(first.completion_ids))]
         for row, ids, lp, cut in zip(rows, first.completion_ids, first.logprobs, first.truncated):
-            row.add_turn(ids, lp, cut)
+            row.add_turn(ids, lp, cut, self.tokenizer.decode(ids))
         active = rows
         for turn in range(1, self.max_turns):
             calling = [r for r in active if self._ends_in_call(r)]
@@ -187,7 +187,7 @@ class MultiTurnEngine(RolloutEngine):
             out = self.engine.generate([r.prompt + r.ids for r in active], replace(sampling, num_generations=1),
                                        turn_seed(seed, turn), [r.limit - len(r.ids) for r in active])
             for row, ids, lp, cut in zip(active, out.completion_ids, out.logprobs, out.truncated):
-                row.add_turn(ids, lp, cut)
+                row.add_turn(ids, lp, cut, self.tokenizer.decode(ids))
         # A call in the last allowed turn is not run (nothing would read its result) nor counted.
         return RolloutBatch(prompt_ids=[list(p) for p in prompt_ids], completion_ids=[r.ids for r in rows],
                             logprobs=[r.logprobs for r in rows], truncated=[r.truncated for r in rows],
@@ -196,14 +196,13 @@ class MultiTurnEngine(RolloutEngine):
 
     def _ends_in_call(self, r: _Trajectory) -> bool:
         # The engine stopped at a call's closing marker (EOS or the length limit end it otherwise).
-        # Only this turn's ids are decoded, to find and parse the call; they are never re-encoded.
-        return not r.truncated and any(s in self.tokenizer.decode(r.last) for s in self.format.stop)
+        return not r.truncated and any(s in r.last_text for s in self.format.stop)
 
     def _run_tools(self, calling: list[_Trajectory]) -> None:
         from grpo_trainer.tools import ToolCall, ToolResult
 
         # A call naming a tool this run lacks is the ToolSet's to answer (an error result).
-        parsed = [self.format.parse(self.tokenizer.decode(r.last), self.names) for r in calling]
+        parsed = [self.format.parse(r.last_text) for r in calling]
         results = [ToolResult(p, "error") if isinstance(p, str) else None for p in parsed]
         todo = [i for i, p in enumerate(parsed) if not isinstance(p, str)]
         for i, res in zip(todo, self.tools.run_many([ToolCall(*parsed[i]) for i in todo]) if todo else []):
