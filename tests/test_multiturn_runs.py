@@ -51,13 +51,19 @@ def test_two_steps_with_the_python_tool_and_exact_resume(tmp_path):
         shutil.rmtree(resumed / "checkpoint-000002")
         assert forker.run(argv(resumed, "resume=auto")) == 0, forker.log.read_text()[-3000:]
         assert "at step 1" in forker.log.read_text()
-        timeless = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))}  # noqa: E731
-        assert [timeless(r) for r in rows(straight / "metrics.jsonl")] == \
-            [timeless(r) for r in rows(resumed / "metrics.jsonl")]
         assert rows(straight / "samples.jsonl") == rows(resumed / "samples.jsonl")  # the same transcripts
-        # Not bit-identical weights: with this 135M model a resumed run's step-2 Adam moments differ by
-        # ~1e-8 from the straight run's even single-turn (rollout.tools=[]; the same metrics and samples),
-        # unlike the tiny model's resume tests; that is not the rollout's doing.
+        # Not bit-identical: with this 135M model a resumed run's step-2 gradient differs in the 7th
+        # digit (grad_norm 2.0311925 vs 2.0311928 in one CI run; loss, entropy and the engine's
+        # log-probs equal to the last bit) from the straight run's, even single-turn (rollout.tools=[]),
+        # unlike the tiny model's resume tests; that is not the rollout's doing. So the metrics are
+        # compared to 1e-6 relative and the weights to 1e-6 absolute.
+        timeless = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))}  # noqa: E731
+        for a, b in zip(rows(straight / "metrics.jsonl"), rows(resumed / "metrics.jsonl"), strict=True):
+            a, b = timeless(a), timeless(b)
+            assert a.keys() == b.keys()
+            for k in a:
+                exact = not isinstance(a[k], float) or not isinstance(b[k], float)
+                assert a[k] == b[k] if exact else a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-12), (k, a[k], b[k])
         a, b = weights(straight, 2), weights(resumed, 2)
         assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
     finally:
