@@ -251,6 +251,17 @@ def evaluate_model(
             "num_dropped": dropped, "seconds": round(seconds, 2), "per_example": records}
 
 
+def save_eval(path: Path, step: int, results: list[dict]) -> None:
+    """One held-out evaluation of a training run (`evaluate_model` results: greedy pass@1, then
+    avg@n when sampled) as JSON, per problem, so that runs on the same problems can be compared
+    by a paired test (scripts/ablation.py). Written to a temporary name and renamed: a kill
+    leaves the previous file or none, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": step, "results": results}) + "\n")
+    os.replace(tmp, path)
+
+
 def _rank_world() -> tuple[int, int]:
     """This process's rank and the process count: from a live process group (e.g. the
     trainer's Accelerator), else from the RANK/WORLD_SIZE that accelerate launch/torchrun set."""

@@ -333,11 +333,12 @@ class GRPOTrainer:
             self.ref.load_state_dict(self.acc.unwrap_model(self.model).state_dict())
 
     def evaluate(self) -> dict:
-        """Greedy pass@1 of the current policy on the held-out problems, with the rollout engine
+        """Greedy pass@1 (and avg@n with trainer.eval_samples = n) of the current policy on the
+        held-out problems, written per problem to RUN_DIR/eval/step-N.json, with the rollout engine
         (it already holds the current weights), the prompts rendered at start-up and, when it holds
         the correctness verifier evaluate would choose, the training reward function itself: then
         eval/accuracy and eval/format are measured as reward/accuracy and reward/format are."""
-        from grpo_trainer.evaluate import evaluate_model
+        from grpo_trainer.evaluate import evaluate_model, save_eval
 
         cfg = self.cfg
         spec = correctness_spec(cfg.reward.functions)
@@ -345,12 +346,18 @@ class GRPOTrainer:
             self._eval_reward_fn = self.reward_fn if spec in cfg.reward.functions else build_reward_fn(
                 [spec], timeout_s=cfg.reward.timeout_s, max_chars=cfg.reward.max_chars,
                 num_workers=cfg.reward.num_workers)
-        res = evaluate_model(self.model_path, self.eval_examples, self.tokenizer, k=1, temperature=0.0,
-                             max_tokens=cfg.rollout.max_completion_length, verifier_specs=[spec],
-                             seed=cfg.rollout.seed, engine=self.engine, reward_fn=self._eval_reward_fn,
-                             prompts=self.eval_prompts, progress=False)
+        n = cfg.trainer.eval_samples
+        runs = [(1, 0.0)] + ([(n, cfg.rollout.temperature)] if n else [])  # greedy pass@1, then avg@n
+        results = [evaluate_model(self.model_path, self.eval_examples, self.tokenizer, k=1, num_samples=k,
+                                  temperature=temp, max_tokens=cfg.rollout.max_completion_length,
+                                  verifier_specs=[spec], seed=cfg.rollout.seed, engine=self.engine,
+                                  reward_fn=self._eval_reward_fn, prompts=self.eval_prompts, progress=False)
+                   for k, temp in runs]
         torch.set_num_threads(self.threads)
-        return {"eval/accuracy": res["accuracy"], "eval/format": res.get("format", math.nan)}
+        if self.acc.is_main_process:  # per problem, for paired tests between runs (scripts/ablation.py)
+            save_eval(self.run_dir / "eval" / f"step-{self.step:06d}.json", self.step, results)
+        out = {"eval/accuracy": results[0]["accuracy"], "eval/format": results[0].get("format", math.nan)}
+        return out | ({"eval/avg_accuracy": results[1]["accuracy"]} if n else {})
 
     def sync_weights(self) -> None:
         """Push the policy's weights into this process's rollout engine."""

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 TRAINER_KEYS = ("output_dir, max_steps, prompts_per_step, micro_batch_size, micro_batch_tokens, learning_rate, lr_scheduler, "
                 "warmup_steps, weight_decay, adam_beta1, adam_beta2, max_grad_norm, seed, save_every, keep_last, "
-                "log_samples_every, num_log_samples, report_to, torch_threads, eval_every, eval_examples, mixed_precision, max_bad_steps, max_no_reward_steps, max_mismatch_kl, overwrite, critic_warmup")
+                "log_samples_every, num_log_samples, report_to, torch_threads, eval_every, eval_examples, eval_samples, mixed_precision, max_bad_steps, max_no_reward_steps, max_mismatch_kl, overwrite, critic_warmup")
 TOP_KEYS = "model, data, rollout, algorithm, reward, trainer, critic, resume"
 
 

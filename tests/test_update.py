@@ -316,3 +316,22 @@ def test_captured_clip_flags_follow_the_policy_losses_own_clip(base_model, step_
     if loss == "gspo":
         assert all(f.all() or not f.any() for f in flags)  # one verdict per sequence
         assert metrics["train/clip_frac_low"] + metrics["train/clip_frac_high"] > 0
+
+
+def test_clip_higher_acts_only_off_policy(base_model, step_batch):
+    """DAPO's clip-higher (eps_high 0.28 > eps_low 0.2) changes nothing with one optimizer step per
+    rollout batch: the policy being updated is the one that sampled, every ratio is exactly 1 and no
+    token is clipped (ratio-1 clip fractions 0, the update the same as with the symmetric range).
+    With four mini-batches the later ones see moved ratios, tokens are clipped and the two ranges
+    give different updates; hence recipes/dapo_synthetic_smollm2.yaml's num_mini_batches: 4."""
+    def update(mini_batches, eps_high):  # SGD lr 0.03: some later ratios land in (1.2, 1.28], some beyond
+        return run_update(base_model, step_batch, micro_batch_size=8, lr=0.03, num_mini_batches=mini_batches,
+                          eps_low=0.2, eps_high=eps_high)
+
+    (sym1, m_sym1), (high1, m_high1) = update(1, 0.2), update(1, 0.28)
+    assert m_high1["train/clip_frac_low"] == m_high1["train/clip_frac_high"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(sym1, high1))
+    (sym4, m_sym4), (high4, m_high4) = update(4, 0.2), update(4, 0.28)
+    assert m_sym4["train/kl_old_new"] > 0 and m_sym4["train/clip_frac_high"] > 0
+    assert m_high4["train/clip_frac_high"] < m_sym4["train/clip_frac_high"]
+    assert max((a - b).abs().max().item() for a, b in zip(sym4, high4)) > 1e-6

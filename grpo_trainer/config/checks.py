@@ -171,7 +171,7 @@ _RANGES = [
      "rollout.sandbox.num_workers"),
     ("an integer >= 0", lambda v: v >= 0, "data.seed rollout.seed trainer.warmup_steps trainer.save_every "
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
-     "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every "
+     "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every trainer.eval_samples "
      "trainer.critic_warmup critic.warmup_steps"),
     ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
      "rollout.sandbox.cpu_s rollout.sandbox.wall_s "

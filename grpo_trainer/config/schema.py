@@ -246,6 +246,7 @@ class TrainerConfig:
     torch_threads: int = 0  # 0: every core
     eval_every: int = 0  # >0: greedy pass@1 on held-out problems every N steps (and at the end)
     eval_examples: int = 64
+    eval_samples: int = 0  # >0: also avg@n, n samples per held-out problem at rollout.temperature
     # Autocast for the policy's forward/backward; master weights and optimizer stay in model.dtype.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # Consecutive steps with a non-finite loss or gradient norm (each skipped) before the run stops.

@@ -1,0 +1,283 @@
+"""DAPO's ablation ladder (arXiv 2503.14476, Table 1) at laptop scale, with error bars.
+
+    python scripts/ablation.py                                # the ladder, sized for 2 CPU cores
+    python scripts/ablation.py --extra gspo cispo ppo         # and other objectives on top of DAPO
+    python scripts/ablation.py --steps 40 --seeds 4 --model PATH --set trainer.prompts_per_step=8
+    python scripts/ablation.py --report-only                  # the table and plot from finished runs
+
+Each rung adds one technique to the one before, as in the paper's table (naive GRPO 30 -> +overlong
+filtering 36 -> +clip-higher 38 -> +soft overlong punishment 41 -> +token-level loss 42 -> +dynamic
+sampling 50, AIME avg@32 on Qwen2.5-32B). Every rung trains from the same model on the same
+built-in problems for the same number of steps, once per seed (the sampling seed, rollout.seed; the
+problems and their order stay fixed), and is then evaluated in the trainer's own engine on the same
+held-out problems (trainer.eval_examples): greedy pass@1 and avg@n (n samples at the rollout
+temperature). Every rung takes `--mini-batches` optimizer steps per rollout batch: with one, the
+policy that sampled is the policy being updated, the ratio is exactly 1, and clip-higher (a change
+to the clip range) could not act at all.
+
+Per rung: accuracy pooled over seeds with a 95 % Wilson interval over the seeds x problems
+answers, each seed's own figure, and the exact paired sign test (McNemar's for greedy answers)
+against the rung before and against naive GRPO, pairing each problem under the same seed. Writes
+OUT/ladder.json, OUT/ladder.md and OUT/ladder.png. A run whose held-out result exists is not run
+again, so an interrupted ladder continues where it stopped (a half-finished run starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpo_trainer.stats import paired_test, wilson_interval  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (slug, label, the paper's AIME avg@32, overrides). Cumulative: each rung keeps the ones above.
+LADDER = [
+    ("naive", "naive GRPO", 30, {"algorithm.loss_agg": "seq_mean_token_mean", "algorithm.eps_low": 0.2,
+                                 "algorithm.eps_high": 0.2, "algorithm.overlong_filter": False,
+                                 "algorithm.overlong_penalty": False, "algorithm.dynamic_sampling": "off"}),
+    ("overlong_filter", "+ overlong filtering", 36, {"algorithm.overlong_filter": True}),
+    ("clip_higher", "+ clip-higher", 38, {"algorithm.eps_high": 0.28}),
+    ("soft_overlong", "+ soft overlong punishment", 41, {"algorithm.overlong_penalty": True}),
+    ("token_loss", "+ token-level loss", 42, {"algorithm.loss_agg": "token_mean"}),
+    ("dynamic_sampling", "+ dynamic sampling (= DAPO)", 50, {"algorithm.dynamic_sampling": "refill"}),
+]
+# Other objectives on top of the full DAPO rung (not cumulative with each other).
+EXTRAS = {
+    "gspo": ("DAPO with GSPO's sequence ratio", {"algorithm.policy_loss": "gspo",
+                                                 "algorithm.loss_agg": "seq_mean_token_mean"}),
+    "cispo": ("DAPO with CISPO's clipped IS weight", {"algorithm.policy_loss": "cispo"}),
+    "ppo": ("PPO: learned critic and GAE, no groups", {"algorithm.advantage": "gae", "algorithm.scale": None,
+                                                       "algorithm.dynamic_sampling": "off", "critic.enabled": True,
+                                                       "critic.learning_rate": 5e-5}),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/ablation", help="where runs, table and plot go")
+    p.add_argument("--recipe", default=str(REPO / "recipes/dapo_synthetic_smollm2.yaml"),
+                   help="the base recipe; every rung sets the algorithm keys it is about")
+    p.add_argument("--model", default=None, help="model.name_or_path (default: the recipe's)")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--difficulty", type=int, default=1, help="synthetic problems' operations (1..4)")
+    p.add_argument("--prompts-per-step", type=int, default=4)
+    p.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
+    p.add_argument("--max-tokens", type=int, default=96, help="rollout.max_completion_length")
+    p.add_argument("--mini-batches", type=int, default=4, help="optimizer steps per rollout batch")
+    p.add_argument("--eval-examples", type=int, default=128, help="held-out problems, the same for every run")
+    p.add_argument("--eval-samples", type=int, default=4, help="n of avg@n (0: greedy pass@1 only)")
+    p.add_argument("--rungs", nargs="+", default=[s for s, *_ in LADDER], choices=[s for s, *_ in LADDER])
+    p.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRAS))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more recipe overrides, every run")
+    p.add_argument("--keep-checkpoints", action="store_true", help="default: a run's checkpoints are deleted "
+                   "once its held-out result is written (0.5-1.5 GB each for the 135M model)")
+    p.add_argument("--report-only", action="store_true", help="table and plot from the runs already in OUT")
+    p.add_argument("--dry-run", action="store_true", help="print each run's command and exit")
+    args = p.parse_args(argv)
+    for name in ("steps", "seeds", "prompts_per_step", "generations", "max_tokens", "mini_batches", "eval_examples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.eval_samples < 0:
+        p.error("--eval-samples must be >= 0")
+    return args
+
+
+def plan(args: argparse.Namespace) -> list[dict]:
+    """Every run: rung slug, label, paper figure, seed, its directory and its overrides."""
+    common = {"data.difficulty": args.difficulty, "rollout.num_generations": args.generations,
+              "rollout.max_completion_length": args.max_tokens, "algorithm.num_mini_batches": args.mini_batches,
+              "trainer.max_steps": args.steps, "trainer.prompts_per_step": args.prompts_per_step,
+              "trainer.save_every": 0, "trainer.eval_every": args.steps, "trainer.eval_examples": args.eval_examples,
+              "trainer.eval_samples": args.eval_samples, "trainer.log_samples_every": 0}
+    if args.model:
+        common["model.name_or_path"] = args.model
+    rungs, cumulative = [], {}
+    for slug, label, paper, overrides in LADDER:
+        cumulative = {**cumulative, **overrides}
+        if slug in args.rungs:
+            rungs.append((slug, label, paper, dict(cumulative)))
+    for name in args.extra:  # cumulative now holds the whole ladder: DAPO
+        label, overrides = EXTRAS[name]
+        rungs.append((name, label, None, {**cumulative, **overrides}))
+    runs = []
+    for seed in range(args.seeds):
+        for slug, label, paper, overrides in rungs:
+            out = Path(args.out) / slug / f"seed{seed}"
+            sets = {**common, **overrides, "rollout.seed": seed, "trainer.output_dir": str(out)}
+            argv = ["--recipe", args.recipe, "trainer.overwrite=true",
+                    *(f"{k}={_yaml(v)}" for k, v in sets.items()), *args.set]
+            runs.append({"slug": slug, "label": label, "paper": paper, "seed": seed, "dir": out, "argv": argv})
+    return runs
+
+
+def _yaml(value) -> str:
+    """A dotted override's value as YAML reads it back: quoted strings ('off' would be false)."""
+    text = json.dumps(value)
+    # YAML 1.1 reads 5e-05 as a string: a float needs its dot.
+    return text.replace("e", ".0e", 1) if isinstance(value, float) and "e" in text and "." not in text else text
+
+
+def result_path(run: dict, steps: int) -> Path:
+    return run["dir"] / "eval" / f"step-{steps:06d}.json"
+
+
+def train(run: dict, steps: int, index: int, total: int, keep: bool) -> None:
+    log = run["dir"].parent / f"{run['dir'].name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{index}/{total}] {run['label']}, seed {run['seed']}: training {steps} steps (log: {log})", flush=True)
+    started = time.monotonic()
+    with open(log, "w") as fh:
+        code = subprocess.call([sys.executable, "-m", "grpo_trainer.train", *run["argv"]], stdout=fh,
+                               stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
+    if code != 0 or not result_path(run, steps).exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+        raise SystemExit(f"error: the run in {run['dir']} failed (exit {code}): {tail[0]}; see {log}")
+    (run["dir"] / "wall_seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+    if not keep:
+        for ckpt in run["dir"].glob("checkpoint-*"):
+            shutil.rmtree(ckpt)
+
+
+def load_result(run: dict, steps: int) -> dict:
+    results = json.loads(result_path(run, steps).read_text())["results"]
+    wall = run["dir"] / "wall_seconds"
+    rows = [json.loads(line) for line in (run["dir"] / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"greedy": results[0], "sampled": results[1] if len(results) > 1 else None,
+            "wall_s": float(wall.read_text()) if wall.exists() else None,
+            "train_s": sum(r.get("time/step") or 0.0 for r in rows if "step" in r),
+            "reward_first": rows[0].get("reward/mean") if rows else None,
+            "reward_last": rows[-1].get("reward/mean") if rows else None}
+
+
+def scores(result: dict) -> list[float]:
+    """Per problem, the fraction of its samples that were right (0/1 for greedy)."""
+    return [r["num_correct"] / r["num_samples"] for r in result["per_example"]]
+
+
+def summarize(runs: list[dict], steps: int) -> list[dict]:
+    by_rung: dict[str, dict] = {}
+    for run in runs:
+        entry = by_rung.setdefault(run["slug"], {"slug": run["slug"], "label": run["label"],
+                                                 "paper": run["paper"], "seeds": {}})
+        entry["seeds"][run["seed"]] = load_result(run, steps)
+    table, first, prev = [], None, None
+    for entry in by_rung.values():
+        row = {k: entry[k] for k in ("slug", "label", "paper")}
+        seeds = sorted(entry["seeds"])
+        for kind in ("greedy", "sampled"):
+            if any(entry["seeds"][s][kind] is None for s in seeds):
+                continue
+            pooled = [x for s in seeds for x in scores(entry["seeds"][s][kind])]
+            acc = sum(pooled) / len(pooled)
+            row[kind] = {"accuracy": acc, "ci": list(wilson_interval(acc, len(pooled))), "n": len(pooled),
+                         "per_seed": [entry["seeds"][s][kind]["accuracy"] for s in seeds], "scores": pooled}
+        row["wall_min"] = sum(entry["seeds"][s]["wall_s"] or 0.0 for s in seeds) / 60
+        row["train_s_per_step"] = sum(entry["seeds"][s]["train_s"] for s in seeds) / (len(seeds) * steps)
+        for kind in ("greedy", "sampled"):
+            for name, other in (("vs_previous", prev), ("vs_naive", first)):
+                if other is not None and kind in row and kind in other and row[kind]["n"] == other[kind]["n"]:
+                    row[kind][name] = paired_test(other[kind]["scores"], row[kind]["scores"])
+        table.append(row)
+        if entry["paper"] is not None:  # extras are compared with the rung before them, not each other
+            prev = row
+        first = first or row
+    return table
+
+
+def markdown(table: list[dict], args: argparse.Namespace, total_min: float) -> str:
+    n_sampled = f"avg@{args.eval_samples}"
+    lines = [f"| rung | paper (AIME avg@32) | greedy pass@1 [95 % CI] | {n_sampled} [95 % CI] | per seed (greedy) "
+             f"| vs rung above (greedy: better/worse, p) | vs naive (p) | s/step |", "|---" * 8 + "|"]
+    for row in table:
+        def cell(kind):
+            if kind not in row:
+                return "–"
+            r = row[kind]
+            return f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+
+        g = row.get("greedy", {})
+        prev = g.get("vs_previous")
+        naive = g.get("vs_naive")
+        vs_prev = f"{prev['gained']}/{prev['lost']}, p={prev['p_value']:.2g}" if prev else "–"
+        vs_naive = f"p={naive['p_value']:.2g}" if naive else "–"
+        seeds = ", ".join(f"{x:.3f}" for x in g.get("per_seed", []))
+        lines.append(f"| {row['label']} | {row['paper'] if row['paper'] is not None else '–'} | {cell('greedy')} | "
+                     f"{cell('sampled')} | {seeds} | {vs_prev} | {vs_naive} | {row['train_s_per_step']:.1f} |")
+    lines.append("")
+    lines.append(f"{args.seeds} seeds x {args.eval_examples} held-out problems per rung; {args.steps} steps of "
+                 f"{args.prompts_per_step} prompts x G={args.generations}, {args.max_tokens} tokens, "
+                 f"{args.mini_batches} mini-batches per rollout batch, difficulty {args.difficulty}; "
+                 f"{total_min:.0f} min of runs in all.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: list[dict], path: Path, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    xs = range(len(table))
+    for offset, kind, color, name in ((-0.18, "greedy", "tab:blue", "greedy pass@1"),
+                                      (0.18, "sampled", "tab:orange", f"avg@{args.eval_samples}")):
+        pts = [(x, row[kind]) for x, row in zip(xs, table) if kind in row]
+        if not pts:
+            continue
+        ax.errorbar([x + offset for x, _ in pts], [r["accuracy"] for _, r in pts],
+                    yerr=[[r["accuracy"] - r["ci"][0] for _, r in pts], [r["ci"][1] - r["accuracy"] for _, r in pts]],
+                    fmt="o", color=color, capsize=4, label=f"{name}, 95 % Wilson interval")
+    ax.set_xticks(list(xs), [row["label"] for row in table], rotation=20, ha="right")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"DAPO ladder, {args.seeds} seeds x {args.eval_examples} problems, {args.steps} steps each")
+    paper = [(x, row["paper"]) for x, row in zip(xs, table) if row["paper"] is not None]
+    twin = ax.twinx()
+    twin.plot([x for x, _ in paper], [p for _, p in paper], "s--", color="gray", label="paper: AIME avg@32 (right)")
+    twin.set_ylabel("paper's AIME avg@32 (%)")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = plan(args)
+    if args.dry_run:
+        for run in runs:
+            print("python -m grpo_trainer.train " + " ".join(run["argv"]))
+        return 0
+    out = Path(args.out)
+    todo = [r for r in runs if not result_path(r, args.steps).exists()]
+    if args.report_only and todo:
+        print(f"error: {len(todo)} of {len(runs)} runs have no held-out result in {out}; run without "
+              f"--report-only to train them", file=sys.stderr)
+        return 2
+    for i, run in enumerate(todo, 1):
+        train(run, args.steps, i, len(todo), args.keep_checkpoints)
+    table = summarize(runs, args.steps)
+    total_min = sum(row["wall_min"] for row in table)
+    text = markdown(table, args, total_min)
+    (out / "ladder.md").write_text(text)
+    (out / "ladder.json").write_text(json.dumps({"args": vars(args), "table": [
+        {k: ({kk: vv for kk, vv in v.items() if kk != "scores"} if isinstance(v, dict) else v) for k, v in row.items()}
+        for row in table]}, indent=1) + "\n")
+    plot(table, out / "ladder.png", args)
+    print(text, end="")
+    print(f"wrote {out / 'ladder.md'}, {out / 'ladder.json'}, {out / 'ladder.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
