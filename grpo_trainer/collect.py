@@ -49,7 +49,8 @@ def sample(engine, reward_fn, prompts: PromptSet, idx: list[int], sampling: Samp
 def collect(engine, reward_fn, sampler, prompts: PromptSet, *, acc, tokenizer, sampling: SamplingConfig, algorithm,
             num_prompts: int, seed: Callable[[int], int], stats: StepStats, timer: PhaseTimer) -> Collected:
     """Rounds of `sample` over the sampler's next `num_prompts` prompts. With
-    `algorithm.dynamic_sampling == "refill"` groups whose rewards all agree are dropped and rounds
+    `algorithm.dynamic_sampling == "refill"` groups that all agree (all correct or all wrong; with no
+    correctness verifier, all of equal reward) are dropped and rounds
     repeat until every process holds `num_prompts` groups or `max_gen_rounds` is reached (then it
     trains on what there is). `seed(round)` seeds each round. Adds the dynamic/* sums to `stats`."""
     a, G = algorithm, sampling.num_generations
@@ -62,7 +63,11 @@ def collect(engine, reward_fn, sampler, prompts: PromptSet, *, acc, tokenizer, s
         record = sample(engine, reward_fn, prompts, sampler.next_batch(num_prompts), sampling, seed(rounds - 1),
                         tokenizer, a, timer)
         generated.append(record)
-        informative = algo.informative_groups(record.rewards, G)
+        # DAPO eq. 11 keeps a group when 0 < |correct| < G: on accuracy, not on the shaped reward,
+        # which a format bonus or the soft overlong penalty makes differ within almost every group
+        # (then nothing would ever be filtered). Without a correctness verifier: the rewards.
+        signal = record.correct.float() if reward_fn.judges_correctness else record.rewards
+        informative = algo.informative_groups(signal, G)
         keep = informative.nonzero().flatten().tolist() if refill else list(range(record.num_groups))
         dropped += int((~informative).sum())
         kept.append(record.select_groups(keep))

@@ -148,7 +148,7 @@ class GRPOTrainer:
 
             self.engine = MultiTurnEngine(self.engine, self.tools, self.tokenizer, r.tool_format, r.max_turns,
                                           r.max_tool_output_tokens)
-        torch.set_num_threads(self.threads)  # engines lower it for serving
+        torch.set_num_threads(self.threads)  # trainer.torch_threads, for the trainer and the engine alike
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.reward_guard = RewardGuard(t.max_no_reward_steps)
         self.updater = PolicyUpdater(acc, self.model, self.optimizer, self.ref, self.tokenizer.pad_token_id, a,
@@ -348,11 +348,11 @@ class GRPOTrainer:
                 num_workers=cfg.reward.num_workers)
         n = cfg.trainer.eval_samples
         runs = [(1, 0.0)] + ([(n, cfg.rollout.temperature)] if n else [])  # greedy pass@1, then avg@n
-        results = [evaluate_model(self.model_path, self.eval_examples, self.tokenizer, k=1, num_samples=k,
+        results = [evaluate_model(self.model_path, self.eval_examples, self.tokenizer, k=1, num_samples=samples,
                                   temperature=temp, max_tokens=cfg.rollout.max_completion_length,
                                   verifier_specs=[spec], seed=cfg.rollout.seed, engine=self.engine,
                                   reward_fn=self._eval_reward_fn, prompts=self.eval_prompts, progress=False)
-                   for k, temp in runs]
+                   for samples, temp in runs]
         torch.set_num_threads(self.threads)
         if self.acc.is_main_process:  # per problem, for paired tests between runs (scripts/ablation.py)
             save_eval(self.run_dir / "eval" / f"step-{self.step:06d}.json", self.step, results)

@@ -15,9 +15,10 @@ temperature). Every rung takes `--mini-batches` optimizer steps per rollout batc
 policy that sampled is the policy being updated, the ratio is exactly 1, and clip-higher (a change
 to the clip range) could not act at all.
 
-Per rung: accuracy pooled over seeds with a 95 % Wilson interval over the seeds x problems
+The untrained model is scored once on the same held-out problems, with the same settings, through
+`python -m grpo_trainer.evaluate` (first row). Per rung: accuracy pooled over seeds with a 95 % Wilson interval over the seeds x problems
 answers, each seed's own figure, and the exact paired sign test (McNemar's for greedy answers)
-against the rung before and against naive GRPO, pairing each problem under the same seed. Writes
+against the row above and against naive GRPO, pairing each problem under the same seed. Writes
 OUT/ladder.json, OUT/ladder.md and OUT/ladder.png. A run whose held-out result exists is not run
 again, so an interrupted ladder continues where it stopped (a half-finished run starts over).
 """
@@ -35,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from grpo_trainer.evaluate import save_eval  # noqa: E402
 from grpo_trainer.stats import paired_test, wilson_interval  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more recipe overrides, every run")
     p.add_argument("--keep-checkpoints", action="store_true", help="default: a run's checkpoints are deleted "
                    "once its held-out result is written (0.5-1.5 GB each for the 135M model)")
+    p.add_argument("--no-base", action="store_true", help="no row for the untrained model (evaluated once "
+                   "through `grpo_trainer.evaluate`, with the runs' held-out settings)")
     p.add_argument("--report-only", action="store_true", help="table and plot from the runs already in OUT")
     p.add_argument("--dry-run", action="store_true", help="print each run's command and exit")
     args = p.parse_args(argv)
@@ -131,6 +135,49 @@ def result_path(run: dict, steps: int) -> Path:
     return run["dir"] / "eval" / f"step-{steps:06d}.json"
 
 
+def base_commands(args: argparse.Namespace, run: dict) -> list[list[str]]:
+    """`evaluate` CLI calls that score the untrained model exactly as the trainer scored each run
+    (Trainer.evaluate): the same held-out problems (data.seed), instruction, verifier, token budget
+    and engine dtype, read from the runs' own config; greedy, then avg@n at the rollout temperature."""
+    from grpo_trainer.config import load_config
+    from grpo_trainer.eval_settings import correctness_spec
+
+    cfg = load_config(args.recipe, run["argv"][2:])
+    spec = correctness_spec(cfg.reward.functions)
+    common = ["--model", cfg.model.name_or_path, "--data", cfg.data.eval_source or cfg.data.source,
+              "--difficulty", str(cfg.data.difficulty), "--num-examples", str(cfg.trainer.eval_examples),
+              "--seed", str(cfg.data.seed), "--max-tokens", str(cfg.rollout.max_completion_length),
+              "--max-prompt-length", str(cfg.data.max_prompt_length), "--verifier", spec["name"],
+              "--verifier-kwargs", json.dumps(spec.get("kwargs") or {})]
+    for flag, value in (("--instruction", cfg.data.instruction), ("--system-prompt", cfg.data.system_prompt),
+                        ("--dtype", cfg.rollout.dtype)):
+        if value is not None:
+            common += [flag, value]
+    base = Path(args.out) / "base"
+    calls = [[*common, "--output", str(base / "greedy.json")]]
+    if args.eval_samples:
+        calls.append([*common, "--k", "1", "--num-samples", str(args.eval_samples), "--temperature",
+                      str(cfg.rollout.temperature), "--output", str(base / "sampled.json")])
+    return calls
+
+
+def evaluate_base(args: argparse.Namespace, runs: list[dict]) -> None:
+    """The untrained model's held-out result, in a run's layout (eval/step-000000.json)."""
+    base = Path(args.out) / "base"
+    print(f"evaluating the untrained model on the same held-out problems (log: {base}.log)", flush=True)
+    base.mkdir(parents=True, exist_ok=True)
+    results = []
+    with open(f"{base}.log", "w") as fh:
+        for argv in base_commands(args, runs[0]):
+            code = subprocess.call([sys.executable, "-m", "grpo_trainer.evaluate", *argv], stdout=fh,
+                                   stderr=subprocess.STDOUT, cwd=REPO)
+            if code != 0:
+                raise SystemExit(f"error: evaluating the untrained model failed (exit {code}); see {base}.log")
+            results.append(json.loads(Path(argv[-1]).read_text())["results"][0])
+    (base / "metrics.jsonl").write_text("")
+    save_eval(base / "eval" / "step-000000.json", 0, results)
+
+
 def train(run: dict, steps: int, index: int, total: int, keep: bool) -> None:
     log = run["dir"].parent / f"{run['dir'].name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +196,7 @@ def train(run: dict, steps: int, index: int, total: int, keep: bool) -> None:
 
 
 def load_result(run: dict, steps: int) -> dict:
-    results = json.loads(result_path(run, steps).read_text())["results"]
+    results = json.loads(result_path(run, steps if run["slug"] != "base" else 0).read_text())["results"]
     wall = run["dir"] / "wall_seconds"
     rows = [json.loads(line) for line in (run["dir"] / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"greedy": results[0], "sampled": results[1] if len(results) > 1 else None,
@@ -164,8 +211,14 @@ def scores(result: dict) -> list[float]:
     return [r["num_correct"] / r["num_samples"] for r in result["per_example"]]
 
 
-def summarize(runs: list[dict], steps: int) -> list[dict]:
+def summarize(runs: list[dict], steps: int, base: dict | None = None) -> list[dict]:
+    """One row per rung, seeds pooled. `base` (the untrained model, evaluated once) comes first,
+    its per-problem scores repeated for every seed so that each rung's pairs line up with it."""
     by_rung: dict[str, dict] = {}
+    seeds = sorted({run["seed"] for run in runs})
+    for seed in seeds if base is not None else []:
+        by_rung.setdefault("base", {"slug": "base", "label": "untrained model", "paper": None,
+                                    "seeds": {}})["seeds"][seed] = load_result(base, steps)
     for run in runs:
         entry = by_rung.setdefault(run["slug"], {"slug": run["slug"], "label": run["label"],
                                                  "paper": run["paper"], "seeds": {}})
@@ -181,16 +234,20 @@ def summarize(runs: list[dict], steps: int) -> list[dict]:
             acc = sum(pooled) / len(pooled)
             row[kind] = {"accuracy": acc, "ci": list(wilson_interval(acc, len(pooled))), "n": len(pooled),
                          "per_seed": [entry["seeds"][s][kind]["accuracy"] for s in seeds], "scores": pooled}
-        row["wall_min"] = sum(entry["seeds"][s]["wall_s"] or 0.0 for s in seeds) / 60
-        row["train_s_per_step"] = sum(entry["seeds"][s]["train_s"] for s in seeds) / (len(seeds) * steps)
+        if entry["slug"] == "base":
+            row["wall_min"], row["train_s_per_step"] = 0.0, None
+        else:
+            row["wall_min"] = sum(entry["seeds"][s]["wall_s"] or 0.0 for s in seeds) / 60
+            row["train_s_per_step"] = sum(entry["seeds"][s]["train_s"] for s in seeds) / (len(seeds) * steps)
         for kind in ("greedy", "sampled"):
             for name, other in (("vs_previous", prev), ("vs_naive", first)):
-                if other is not None and kind in row and kind in other and row[kind]["n"] == other[kind]["n"]:
+                if other not in (None, row) and kind in row and kind in other and row[kind]["n"] == other[kind]["n"]:
                     row[kind][name] = paired_test(other[kind]["scores"], row[kind]["scores"])
         table.append(row)
-        if entry["paper"] is not None:  # extras are compared with the rung before them, not each other
+        if entry["slug"] in ("base", *(slug for slug, *_ in LADDER)):  # extras: each vs the rung before them
             prev = row
-        first = first or row
+        if entry["slug"] == "naive":
+            first = row
     return table
 
 
@@ -212,7 +269,8 @@ def markdown(table: list[dict], args: argparse.Namespace, total_min: float) -> s
         vs_naive = f"p={naive['p_value']:.2g}" if naive else "–"
         seeds = ", ".join(f"{x:.3f}" for x in g.get("per_seed", []))
         lines.append(f"| {row['label']} | {row['paper'] if row['paper'] is not None else '–'} | {cell('greedy')} | "
-                     f"{cell('sampled')} | {seeds} | {vs_prev} | {vs_naive} | {row['train_s_per_step']:.1f} |")
+                     f"{cell('sampled')} | {seeds} | {vs_prev} | {vs_naive} | "
+                     f"{'–' if row['train_s_per_step'] is None else format(row['train_s_per_step'], '.1f')} |")
     lines.append("")
     lines.append(f"{args.seeds} seeds x {args.eval_examples} held-out problems per rung; {args.steps} steps of "
                  f"{args.prompts_per_step} prompts x G={args.generations}, {args.max_tokens} tokens, "
@@ -227,7 +285,7 @@ def plot(table: list[dict], path: Path, args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     xs = range(len(table))
     for offset, kind, color, name in ((-0.18, "greedy", "tab:blue", "greedy pass@1"),
                                       (0.18, "sampled", "tab:orange", f"avg@{args.eval_samples}")):
@@ -237,6 +295,9 @@ def plot(table: list[dict], path: Path, args: argparse.Namespace) -> None:
         ax.errorbar([x + offset for x, _ in pts], [r["accuracy"] for _, r in pts],
                     yerr=[[r["accuracy"] - r["ci"][0] for _, r in pts], [r["ci"][1] - r["accuracy"] for _, r in pts]],
                     fmt="o", color=color, capsize=4, label=f"{name}, 95 % Wilson interval")
+    seeds = [(x - 0.18, v) for x, row in zip(xs, table) if "greedy" in row for v in row["greedy"]["per_seed"]]
+    if seeds:  # each seed's own run: how far apart two runs of one rung land
+        ax.plot(*zip(*seeds), "x", color="tab:blue", alpha=0.5, ms=5, label="greedy pass@1, each seed")
     ax.set_xticks(list(xs), [row["label"] for row in table], rotation=20, ha="right")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"DAPO ladder, {args.seeds} seeds x {args.eval_examples} problems, {args.steps} steps each")
@@ -245,7 +306,7 @@ def plot(table: list[dict], path: Path, args: argparse.Namespace) -> None:
     twin.plot([x for x, _ in paper], [p for _, p in paper], "s--", color="gray", label="paper: AIME avg@32 (right)")
     twin.set_ylabel("paper's AIME avg@32 (%)")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper left", fontsize=8)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=3, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -266,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for i, run in enumerate(todo, 1):
         train(run, args.steps, i, len(todo), args.keep_checkpoints)
-    table = summarize(runs, args.steps)
+    base = {"slug": "base", "dir": out / "base", "seed": None}
+    if not args.no_base and not args.report_only and not result_path(base, 0).exists():
+        evaluate_base(args, runs)
+    table = summarize(runs, args.steps, base if result_path(base, 0).exists() and not args.no_base else None)
     total_min = sum(row["wall_min"] for row in table)
     text = markdown(table, args, total_min)
     (out / "ladder.md").write_text(text)

@@ -78,10 +78,20 @@ def test_the_table_pools_seeds_and_pairs_problems(tmp_path):
     fake_run(tmp_path, "naive", 1, [1, 0, 0, 0], [(1, 2), (0, 2), (0, 2), (0, 2)])
     fake_run(tmp_path, "overlong_filter", 0, [1, 1, 1, 0], [(2, 2), (1, 2), (1, 2), (0, 2)])
     fake_run(tmp_path, "overlong_filter", 1, [0, 1, 1, 1], [(1, 2), (1, 2), (1, 2), (1, 2)])
+    # The untrained model, scored once: right on problem 1 only; paired with naive under each seed:
+    # naive gained (0,0), (0,1) and lost (1,1).
+    fake_run(tmp_path, "base", 0, [0, 1, 0, 0], [(0, 2), (1, 2), (0, 2), (0, 2)])
+    (tmp_path / "base" / "seed0").rename(tmp_path / "base_")
+    (tmp_path / "base").rmdir()
+    (tmp_path / "base_").rename(tmp_path / "base")
+    (tmp_path / "base" / "eval" / "step-000001.json").rename(tmp_path / "base" / "eval" / "step-000000.json")
     assert ablation.main(["--seeds", "2", "--steps", "1", "--rungs", "naive", "overlong_filter",
                           "--eval-samples", "2", "--out", str(tmp_path), "--report-only"]) == 0
     table = json.loads((tmp_path / "ladder.json").read_text())["table"]
-    naive, filt = table
+    base, naive, filt = table
+    assert base["label"] == "untrained model" and base["greedy"]["accuracy"] == 0.25 and base["greedy"]["n"] == 8
+    vs_base = naive["greedy"]["vs_previous"]
+    assert (vs_base["gained"], vs_base["lost"]) == (2, 1) and "vs_naive" not in naive["greedy"]
     assert naive["greedy"]["accuracy"] == 3 / 8 and naive["greedy"]["n"] == 8
     assert naive["greedy"]["per_seed"] == [0.5, 0.25]
     assert filt["greedy"]["accuracy"] == 6 / 8
@@ -89,7 +99,7 @@ def test_the_table_pools_seeds_and_pairs_problems(tmp_path):
     vs = filt["greedy"]["vs_previous"]
     assert (vs["gained"], vs["lost"]) == (4, 1)
     assert vs["p_value"] == pytest.approx(2 * (1 + 5) / 2**5)  # exact two-sided binomial, b=4, c=1
-    assert filt["greedy"]["vs_naive"] == vs and "vs_previous" not in naive["greedy"]
+    assert filt["greedy"]["vs_naive"] == vs
     lo, hi = filt["greedy"]["ci"]
     assert lo < 0.75 < hi and 0 < lo and hi < 1
     md = (tmp_path / "ladder.md").read_text()
@@ -99,6 +109,20 @@ def test_the_table_pools_seeds_and_pairs_problems(tmp_path):
     assert wait == 2  # seed 2 never ran
 
 
+def test_the_untrained_model_is_scored_as_the_trainer_scores_each_run():
+    args = ablation.parse_args(["--difficulty", "2", "--max-tokens", "80", "--eval-examples", "50",
+                                "--eval-samples", "3", "--out", "/x", "--set", "rollout.temperature=0.9"])
+    greedy, sampled = ablation.base_commands(args, ablation.plan(args)[0])
+    flags = dict(zip(greedy[::2], greedy[1::2]))
+    assert flags == {"--model": "smollm2-135m-instruct", "--data": "synthetic", "--difficulty": "2",
+                     "--num-examples": "50", "--seed": "0", "--max-tokens": "80", "--max-prompt-length": "256",
+                     "--verifier": "gsm8k", "--verifier-kwargs": '{"mode": "flexible"}',
+                     "--instruction": 'Solve it step by step. On the last line write "####" and then the answer.',
+                     "--dtype": "bfloat16", "--output": "/x/base/greedy.json"}
+    assert sampled == [*greedy[:-2], "--k", "1", "--num-samples", "3", "--temperature", "0.9", "--output",
+                       "/x/base/sampled.json"]
+
+
 @pytest.mark.slow
 def test_two_rungs_train_and_evaluate_on_a_tiny_model(tiny_llama, tmp_path):
     """The script end to end: real trainer runs (hf backend, tiny random model), the trainer's held-out
@@ -106,7 +130,7 @@ def test_two_rungs_train_and_evaluate_on_a_tiny_model(tiny_llama, tmp_path):
     out = tmp_path / "ladder"
     argv = ["--model", str(tiny_llama), "--out", str(out), "--steps", "2", "--seeds", "1", "--rungs", "naive",
             "clip_higher", "--prompts-per-step", "2", "--generations", "4", "--max-tokens", "8",
-            "--mini-batches", "2", "--eval-examples", "4", "--eval-samples", "2",
+            "--mini-batches", "2", "--eval-examples", "4", "--eval-samples", "2", "--no-base",
             "--set", "rollout.backend=hf", "rollout.dtype=null", "trainer.mixed_precision='no'",
             "data.num_examples=64", "trainer.torch_threads=1", "reward.num_workers=1", "trainer.micro_batch_size=8"]
     assert ablation.main(argv) == 0

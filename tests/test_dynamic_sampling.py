@@ -24,7 +24,8 @@ def make_data(path: Path, kinds: list[str]) -> Path:
     return path
 
 
-def trainer_for(tiny_llama, data: Path, out: Path, mode: str, max_rounds: int):
+def trainer_for(tiny_llama, data: Path, out: Path, mode: str, max_rounds: int,
+                rewards: str = "[{name: 'tests.reward_fns:by_kind', weight: 1.0}]"):
     from grpo_trainer.trainer import GRPOTrainer
 
     cfg = load_config(None, [
@@ -32,7 +33,7 @@ def trainer_for(tiny_llama, data: Path, out: Path, mode: str, max_rounds: int):
         "rollout.backend=hf", f"rollout.num_generations={G}", "rollout.max_completion_length=6",
         f"trainer.prompts_per_step={P}", "trainer.max_steps=1", f"algorithm.dynamic_sampling={mode}",
         f"algorithm.max_gen_rounds={max_rounds}", "trainer.log_samples_every=0",
-        "reward.functions=[{name: 'tests.reward_fns:by_kind', weight: 1.0}]"])
+        f"reward.functions={rewards}"])
     return GRPOTrainer(cfg)
 
 
@@ -76,6 +77,20 @@ def test_refill_honours_the_round_cap(tiny_llama, tmp_path):
     assert m["dynamic/gen_rounds"] == 3
     assert m["dynamic/filtered_groups"] == 3 * P
     assert m["train/rows_trained"] == 0.0  # all advantages are 0: nothing to learn, no crash
+    tr.reward_fn.close()
+
+
+def test_refill_filters_on_correctness_not_on_the_shaped_reward(tiny_llama, tmp_path):
+    """DAPO eq. 11 drops a group unless 0 < |correct| < G. The tiny random model never writes a
+    correct '#### N', so every group is all wrong, although the shaping term (the share of even
+    token ids) makes the rewards differ within each: all are dropped, round after round."""
+    kinds = ["mixed"] * 12
+    tr = trainer_for(tiny_llama, make_data(tmp_path / "d.jsonl", kinds), tmp_path / "run", "refill", 2,
+                     rewards="[{name: gsm8k, weight: 1.0}, {name: 'tests.reward_fns:even_token_fraction', weight: 0.5}]")
+    tr.step = 1
+    m = tr.train_step()
+    assert m["reward/accuracy"] == 0.0 and m["reward/std"] > 0  # the rewards do differ
+    assert m["dynamic/gen_rounds"] == 2 and m["dynamic/filtered_groups"] == 2 * P
     tr.reward_fn.close()
 
 

@@ -91,3 +91,22 @@ def test_weights_cast_before_a_bf16_push_equal_vllms_own_conversion(tiny_llama: 
     assert all(torch.equal(loaded[k], pushed[k]) for k in loaded), [k for k in loaded
                                                                     if not torch.equal(loaded[k], pushed[k])]
     engine.close()
+
+
+@pytest.mark.slow
+def test_the_engine_leaves_torchs_thread_count_to_the_trainer(tiny_llama: Path):
+    """vLLM's CPU worker swaps torch.set_num_threads for a no-op that warns; the engine puts the real
+    one back, so trainer.torch_threads holds in a process that also samples."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        engine = make_engine("vllm", model_path=str(tiny_llama), dtype="float32", seed=0, max_model_len=128,
+                             kv_cache_gib=1)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        assert torch.get_num_threads() == 2
+        engine.generate([[1, 520, 2300]], SamplingConfig(num_generations=1, max_tokens=4, temperature=1.0), seed=0)
+        assert torch.get_num_threads() == 2
+        engine.close()
+    finally:
+        torch.set_num_threads(before)

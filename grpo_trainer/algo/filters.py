@@ -23,7 +23,8 @@ def informative_groups(
     rewards: torch.Tensor,  # (N,) group-major, N = B*G
     group_size: int,
 ) -> torch.Tensor:  # (B,) bool
-    """True for groups whose rewards differ (DAPO arXiv 2503.14476 eq. 11: 0 < |correct| < G).
+    """True for groups whose values differ. Given per-sample correctness (0/1) this is DAPO's
+    constraint (arXiv 2503.14476 eq. 11: 0 < |correct| < G); given rewards, a group with a signal.
 
     Uses the unbiased group std > 1e-8; a group of one is never informative.
     """

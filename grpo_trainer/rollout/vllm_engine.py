@@ -55,14 +55,19 @@ class VLLMEngine(RolloutEngine):
         if max_lora_rank:  # serve peft adapters (load_lora_adapter) instead of merged weights
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         self.lora_request = None
-        threads = torch.get_num_threads()
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         from vllm import LLM
 
         self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        enforce_eager=enforce_eager, enable_prefix_caching=True,
                        # Log-probs after temperature: the trainer's ratio uses the same softmax(z/T).
                        logprobs_mode="processed_logprobs", **kwargs)
-        # The engine lowers torch's thread count for serving; the trainer needs every core back.
+        # vLLM's CPU worker replaces torch.set_num_threads, for the whole process, with a no-op
+        # that warns (its own serving threads may be bound to cores). In-process the trainer owns
+        # the process: without the real function back, trainer.torch_threads was silently ignored
+        # (two 1-thread DDP processes ran 2 threads each on 2 cores). On GPU the engine may lower
+        # the count for serving; either way the caller's count is restored.
+        torch.set_num_threads = set_threads
         torch.set_num_threads(threads)
         self.weight_dtype: torch.dtype = self.llm.llm_engine.model_config.dtype
 
