@@ -66,10 +66,12 @@ def collect(engine, reward_fn, sampler, prompts: PromptSet, *, acc, tokenizer, s
         # DAPO eq. 11 keeps a group when 0 < |correct| < G: on accuracy, not on the shaped reward,
         # which a format bonus or the soft overlong penalty makes differ within almost every group
         # (then nothing would ever be filtered). Without a correctness verifier: the rewards.
-        signal = record.correct.float() if reward_fn.judges_correctness else record.rewards
-        informative = algo.informative_groups(signal, G)
-        keep = informative.nonzero().flatten().tolist() if refill else list(range(record.num_groups))
-        dropped += int((~informative).sum())
+        keep = list(range(record.num_groups))
+        if refill:
+            signal = record.correct.float() if reward_fn.judges_correctness else record.rewards
+            informative = algo.informative_groups(signal, G)
+            keep = informative.nonzero().flatten().tolist()
+            dropped += int((~informative).sum())
         kept.append(record.select_groups(keep))
         have += len(keep)
         # Every process must run the same number of rounds: stop on the least filled one.
