@@ -148,7 +148,9 @@ class GRPOTrainer:
 
             self.engine = MultiTurnEngine(self.engine, self.tools, self.tokenizer, r.tool_format, r.max_turns,
                                           r.max_tool_output_tokens)
-        torch.set_num_threads(self.threads)  # trainer.torch_threads, for the trainer and the engine alike
+        # trainer.torch_threads, for the trainer and the engine alike. Set once: engines change it only
+        # while starting (vLLM's CPU worker lowers it; VLLMEngine restores the count and the function).
+        torch.set_num_threads(self.threads)
         self.guard = NonFiniteGuard(t.max_bad_steps)
         self.reward_guard = RewardGuard(t.max_no_reward_steps)
         self.updater = PolicyUpdater(acc, self.model, self.optimizer, self.ref, self.tokenizer.pad_token_id, a,
@@ -353,7 +355,6 @@ class GRPOTrainer:
                                   verifier_specs=[spec], seed=cfg.rollout.seed, engine=self.engine,
                                   reward_fn=self._eval_reward_fn, prompts=self.eval_prompts, progress=False)
                    for samples, temp in runs]
-        torch.set_num_threads(self.threads)
         if self.acc.is_main_process:  # per problem, for paired tests between runs (scripts/ablation.py)
             save_eval(self.run_dir / "eval" / f"step-{self.step:06d}.json", self.step, results)
         out = {"eval/accuracy": results[0]["accuracy"], "eval/format": results[0].get("format", math.nan)}
@@ -363,7 +364,6 @@ class GRPOTrainer:
         """Push the policy's weights into this process's rollout engine."""
         if not sync_sabotaged():
             self.engine.load_weights(iter_full_weights(self.acc.unwrap_model(self.model)))
-        torch.set_num_threads(self.threads)
 
     # ------------------------------------------------------------------ bookkeeping
     def _log_samples(self, record: RolloutRecord, rows: list[int]) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo_trainer.evaluate import save_eval  # noqa: E402
+from grpo_trainer.plot import PlotError, read_jsonl  # noqa: E402
 from grpo_trainer.stats import paired_test, wilson_interval  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +174,6 @@ def evaluate_base(args: argparse.Namespace, runs: list[dict]) -> None:
             if code != 0:
                 raise SystemExit(f"error: evaluating the untrained model failed (exit {code}); see {base}.log")
             results.append(json.loads(Path(argv[-1]).read_text())["results"][0])
-    (base / "metrics.jsonl").write_text("")
     save_eval(base / "eval" / "step-000000.json", 0, results)
 
 
@@ -185,7 +184,7 @@ def train(run: dict, steps: int, index: int, total: int, keep: bool) -> None:
     started = time.monotonic()
     with open(log, "w") as fh:
         code = subprocess.call([sys.executable, "-m", "grpo_trainer.train", *run["argv"]], stdout=fh,
-                               stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
+                               stderr=subprocess.STDOUT, cwd=REPO)
     if code != 0 or not result_path(run, steps).exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
         raise SystemExit(f"error: the run in {run['dir']} failed (exit {code}): {tail[0]}; see {log}")
@@ -196,14 +195,15 @@ def train(run: dict, steps: int, index: int, total: int, keep: bool) -> None:
 
 
 def load_result(run: dict, steps: int) -> dict:
-    results = json.loads(result_path(run, steps if run["slug"] != "base" else 0).read_text())["results"]
-    wall = run["dir"] / "wall_seconds"
-    rows = [json.loads(line) for line in (run["dir"] / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"greedy": results[0], "sampled": results[1] if len(results) > 1 else None,
-            "wall_s": float(wall.read_text()) if wall.exists() else None,
-            "train_s": sum(r.get("time/step") or 0.0 for r in rows if "step" in r),
-            "reward_first": rows[0].get("reward/mean") if rows else None,
-            "reward_last": rows[-1].get("reward/mean") if rows else None}
+    """A run's held-out results and, for a trained run, its wall-clock and summed step seconds."""
+    results = json.loads(result_path(run, steps).read_text())["results"]
+    out = {"greedy": results[0], "sampled": results[1] if len(results) > 1 else None}
+    if steps:
+        wall = run["dir"] / "wall_seconds"
+        rows = read_jsonl(run["dir"] / "metrics.jsonl", PlotError)
+        out.update(wall_s=float(wall.read_text()) if wall.exists() else None,
+                   train_s=sum(r.get("time/step") or 0.0 for r in rows if "step" in r))
+    return out
 
 
 def scores(result: dict) -> list[float]:
@@ -215,10 +215,10 @@ def summarize(runs: list[dict], steps: int, base: dict | None = None) -> list[di
     """One row per rung, seeds pooled. `base` (the untrained model, evaluated once) comes first,
     its per-problem scores repeated for every seed so that each rung's pairs line up with it."""
     by_rung: dict[str, dict] = {}
-    seeds = sorted({run["seed"] for run in runs})
-    for seed in seeds if base is not None else []:
-        by_rung.setdefault("base", {"slug": "base", "label": "untrained model", "paper": None,
-                                    "seeds": {}})["seeds"][seed] = load_result(base, steps)
+    if base is not None:
+        result = load_result(base, 0)
+        by_rung["base"] = {"slug": "base", "label": "untrained model", "paper": None,
+                           "seeds": dict.fromkeys({run["seed"] for run in runs}, result)}
     for run in runs:
         entry = by_rung.setdefault(run["slug"], {"slug": run["slug"], "label": run["label"],
                                                  "paper": run["paper"], "seeds": {}})

@@ -56,9 +56,8 @@ def test_each_rung_adds_one_technique_to_the_one_above():
     assert changed(seed0[0], overrides(runs[8])) == {"rollout.seed": 1}
 
 
-def fake_run(root: Path, slug: str, seed: int, greedy: list[int], sampled: list[tuple[int, int]]) -> None:
+def fake_run(run: Path, greedy: list[int], sampled: list[tuple[int, int]], step: int = 1) -> None:
     """What the trainer writes (metrics.jsonl, eval/step-N.json), hand-made: the test is about the table."""
-    run = root / slug / f"seed{seed}"
     (run / "eval").mkdir(parents=True)
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "time/step": 10.0, "reward/mean": 0.1}) + "\n")
     (run / "wall_seconds").write_text("60\n")
@@ -67,24 +66,20 @@ def fake_run(root: Path, slug: str, seed: int, greedy: list[int], sampled: list[
         return {"accuracy": sum(c / n for c in correct) / len(correct),
                 "per_example": [{"index": i, "num_samples": n, "num_correct": c} for i, c in enumerate(correct)]}
 
-    (run / "eval" / "step-000001.json").write_text(json.dumps(
-        {"step": 1, "results": [result(greedy, 1), result([c for c, _ in sampled], sampled[0][1])]}))
+    (run / "eval" / f"step-{step:06d}.json").write_text(json.dumps(
+        {"step": step, "results": [result(greedy, 1), result([c for c, _ in sampled], sampled[0][1])]}))
 
 
 def test_the_table_pools_seeds_and_pairs_problems(tmp_path):
     # naive: seed 0 right on problems 0, 1; seed 1 on problem 0. The filter rung: seed 0 on 0, 1, 2;
     # seed 1 on 1, 2, 3. Pairs (problem, seed): the filter rung gained (2,0), (1,1), (2,1), (3,1), lost (0,1).
-    fake_run(tmp_path, "naive", 0, [1, 1, 0, 0], [(2, 2), (1, 2), (0, 2), (0, 2)])
-    fake_run(tmp_path, "naive", 1, [1, 0, 0, 0], [(1, 2), (0, 2), (0, 2), (0, 2)])
-    fake_run(tmp_path, "overlong_filter", 0, [1, 1, 1, 0], [(2, 2), (1, 2), (1, 2), (0, 2)])
-    fake_run(tmp_path, "overlong_filter", 1, [0, 1, 1, 1], [(1, 2), (1, 2), (1, 2), (1, 2)])
+    fake_run(tmp_path / "naive" / "seed0", [1, 1, 0, 0], [(2, 2), (1, 2), (0, 2), (0, 2)])
+    fake_run(tmp_path / "naive" / "seed1", [1, 0, 0, 0], [(1, 2), (0, 2), (0, 2), (0, 2)])
+    fake_run(tmp_path / "overlong_filter" / "seed0", [1, 1, 1, 0], [(2, 2), (1, 2), (1, 2), (0, 2)])
+    fake_run(tmp_path / "overlong_filter" / "seed1", [0, 1, 1, 1], [(1, 2), (1, 2), (1, 2), (1, 2)])
     # The untrained model, scored once: right on problem 1 only; paired with naive under each seed:
     # naive gained (0,0), (0,1) and lost (1,1).
-    fake_run(tmp_path, "base", 0, [0, 1, 0, 0], [(0, 2), (1, 2), (0, 2), (0, 2)])
-    (tmp_path / "base" / "seed0").rename(tmp_path / "base_")
-    (tmp_path / "base").rmdir()
-    (tmp_path / "base_").rename(tmp_path / "base")
-    (tmp_path / "base" / "eval" / "step-000001.json").rename(tmp_path / "base" / "eval" / "step-000000.json")
+    fake_run(tmp_path / "base", [0, 1, 0, 0], [(0, 2), (1, 2), (0, 2), (0, 2)], step=0)
     assert ablation.main(["--seeds", "2", "--steps", "1", "--rungs", "naive", "overlong_filter",
                           "--eval-samples", "2", "--out", str(tmp_path), "--report-only"]) == 0
     table = json.loads((tmp_path / "ladder.json").read_text())["table"]
