@@ -138,6 +138,18 @@ def test_sleeping_verifier_is_cut_and_next_call_works():
         assert out.components == {"test_sleeps_10s": [0.0], "math": [0.0]}
 
 
+def test_a_verifiers_module_is_imported_before_its_first_task_is_timed():
+    import tests.slow_import_verifier  # noqa: F401 - registers test_slow_import (0.7 s import)
+
+    with build_reward_fn([{"name": "test_slow_import"}], timeout_s=TIMEOUT_S, num_workers=1) as rc:
+        rc.wait_ready()
+        # 0.4 s of work fits the 0.8 s soft bound. Imported on unpickling the first task, the
+        # module would have kept the worker silent for 0.7 + 0.4 s, past the parent's 1 s kill.
+        out = rc(["q", "q"], ["7", "8"], [[0]] * 2, ["7", "7"])
+        assert out.num_timeouts == 0 and rc.pool_restarts == 0
+        assert out.rewards == [1.0, 0.0]
+
+
 @pytest.mark.parametrize("name,completion", [("test_masks_alarm", "HANG"), ("test_rearms_alarm", "x")])
 def test_unstoppable_verifier_is_killed_and_pool_replaced(name, completion):
     with build_reward_fn([{"name": name}], timeout_s=TIMEOUT_S) as rc:

@@ -121,9 +121,10 @@ class RewardComputer:
         kinds = [s.entry.kind if s.entry else "custom" for s in self.specs]
         self._correct_i = kinds.index("correctness") if "correctness" in kinds else None
         self._format_i = kinds.index("format") if "format" in kinds else self._correct_i
-        needs_pool = any(s.entry is not None and not s.entry.in_process for s in self.specs)
-        # Started now so the workers' sympy import overlaps the caller's own start-up.
-        self._pool = VerifierPool(num_workers, timeout_s, memory_mb) if needs_pool else None
+        pooled = [s.entry.fn for s in self.specs if s.entry is not None and not s.entry.in_process]
+        # Started now so the workers' imports overlap the caller's own start-up.
+        preload = [fn.__module__ for fn in pooled]
+        self._pool = VerifierPool(num_workers, timeout_s, memory_mb, preload=preload) if pooled else None
 
     @property
     def judges_correctness(self) -> bool:

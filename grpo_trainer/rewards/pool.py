@@ -14,6 +14,10 @@ half-initialised) that imports only this package, and talks over its own socket 
   re-arms SIGALRM for its own timeout) is caught by the parent: a worker silent for
   timeout_s after its current task began is killed (SIGKILL), that task scores 0, and a
   fresh worker is started while the remaining tasks go to the others.
+- A worker imports the modules of the verifiers it will run before it reports ready: the
+  parent's clock for a task starts when the task is sent, the worker's timer only once the
+  task is unpickled, and unpickling a verifier from a module not yet imported imports it
+  (a test module pulls in pytest: 0.2 s, the whole gap between the two bounds at 1 s).
 - Tasks go out in chunks and results come back one per task, so the parent sees when each
   task starts (when the previous one finished) without paying a round trip per sample.
 - RLIMIT_AS caps a worker's memory, so a hostile expression fails with MemoryError (score 0)
@@ -24,6 +28,7 @@ half-initialised) that imports only this package, and talks over its own socket 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import multiprocessing
@@ -36,7 +41,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 from grpo_trainer.childproc import die_with_parent, lower_rlimit
 from grpo_trainer.rewards.types import FAILED, RewardError, VerifyResult
@@ -79,15 +84,15 @@ def _run_one(fn, completion, ground_truth, kwargs, soft_s):
 
 
 def worker_entry() -> None:
-    """Entry point of a worker interpreter: argv = [fd, parent_pid, soft_s, memory_mb]."""
+    """Entry point of a worker interpreter: argv = [fd, parent_pid, soft_s, memory_mb, *preload]."""
     from multiprocessing.connection import Connection
 
-    fd, parent_pid, soft_s, memory_mb = sys.argv[1:5]
+    fd, parent_pid, soft_s, memory_mb, *preload = sys.argv[1:]
     die_with_parent(int(parent_pid))
-    _worker_main(Connection(int(fd)), float(soft_s), int(memory_mb))
+    _worker_main(Connection(int(fd)), float(soft_s), int(memory_mb), preload)
 
 
-def _worker_main(conn, soft_s: float, memory_mb: int) -> None:
+def _worker_main(conn, soft_s: float, memory_mb: int, preload: list[str]) -> None:
     # Ctrl-C, and the SIGTERM torch's elastic agent sends to a trainer's process group, reach the
     # workers too; the parent decides when they stop (a stopping trainer still finishes its step).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -101,6 +106,11 @@ def _worker_main(conn, soft_s: float, memory_mb: int) -> None:
     from grpo_trainer.rewards.math_answer import equivalent
 
     equivalent("\\frac{1}{2}", "$0.5$")
+    for module in preload:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - unpickling the task fails the same way and says so
+            pass
     signal.signal(signal.SIGALRM, _on_alarm)
     conn.send(("ready", os.getpid()))
     while True:
@@ -125,10 +135,10 @@ def _child_env() -> dict[str, str]:
 
 
 class _Worker:
-    def __init__(self, soft_s: float, memory_mb: int):
+    def __init__(self, soft_s: float, memory_mb: int, preload: Sequence[str]):
         self.conn, child = multiprocessing.Pipe(duplex=True)
         fd = child.fileno()
-        args = [sys.executable, "-c", _BOOTSTRAP, str(fd), str(os.getpid()), repr(soft_s), str(memory_mb)]
+        args = [sys.executable, "-c", _BOOTSTRAP, str(fd), str(os.getpid()), repr(soft_s), str(memory_mb), *preload]
         try:
             self.proc = subprocess.Popen(args, pass_fds=(fd,), stdin=subprocess.DEVNULL, env=_child_env())
         finally:
@@ -168,10 +178,16 @@ def _shutdown(workers: list[_Worker]) -> None:
 
 
 class VerifierPool:
-    """`num_workers` worker interpreters running verifiers with a per-task wall-clock bound."""
+    """`num_workers` worker interpreters running verifiers with a per-task wall-clock bound.
+    `preload`: modules the workers import before they report ready (those of the verifiers)."""
 
     def __init__(
-        self, num_workers: int = 2, timeout_s: float = 1.0, memory_mb: int = 4096, chunk_size: int | None = None
+        self,
+        num_workers: int = 2,
+        timeout_s: float = 1.0,
+        memory_mb: int = 4096,
+        chunk_size: int | None = None,
+        preload: Sequence[str] = (),
     ):
         if num_workers < 1:
             raise RewardError(f"num_workers must be >= 1, got {num_workers}; verifiers that may hang need worker processes")
@@ -179,6 +195,8 @@ class VerifierPool:
             raise RewardError(f"timeout_s must be > 0, got {timeout_s}; give a per-verification bound in seconds")
         self.timeout_s = float(timeout_s)
         self.memory_mb = memory_mb
+        # __main__ is not the caller's script in a worker; its verifiers cannot be sent anyway.
+        self.preload = [m for m in dict.fromkeys(preload) if m != "__main__"]
         self.chunk_size = chunk_size  # None: about 4 chunks per worker per run, at most MAX_CHUNK
         self.restarts = 0
         self._lock = threading.Lock()  # one run at a time: results are matched by task index
@@ -188,7 +206,7 @@ class VerifierPool:
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
 
     def _spawn(self) -> _Worker:
-        return _Worker(SOFT_FRACTION * self.timeout_s, self.memory_mb)
+        return _Worker(SOFT_FRACTION * self.timeout_s, self.memory_mb, self.preload)
 
     def _replace(self, w: _Worker) -> None:
         w.kill()
