@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from grpo_trainer.algo import entropy_from_logits, selective_log_softmax
+from grpo_trainer.algo import entropy_from_logits, selective_log_softmax, selective_log_softmax_and_entropy
 from grpo_trainer.record import RolloutRecord
 
 
@@ -195,15 +195,21 @@ def completion_outputs(model, mb: MicroBatch, share_prompt: bool = True) -> list
 
 
 def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy: bool = False,
-                        share_prompt: bool = True):
+                        share_prompt: bool = True, entropy_grad: bool = False):
     """log pi(o_t | q, o_<t) at completion positions, with the sampling temperature applied.
 
-    Returns (logp (M, C), entropy (M, C) or None)."""
+    Returns (logp (M, C), entropy (M, C) or None). The entropy comes from the log-probs' own pass
+    over the logits, without gradient, unless `entropy_grad` (an entropy bonus in the loss)."""
     logp, entropy = [], []
     for logits, targets in completion_outputs(model, mb, share_prompt):  # logits (M, c, V), targets (M, c)
         if temperature != 1.0:
             logits = logits / temperature
+        if with_entropy and not entropy_grad:
+            lp, ent = selective_log_softmax_and_entropy(logits, targets)
+            logp.append(lp)
+            entropy.append(ent)
+            continue
         logp.append(selective_log_softmax(logits, targets))
         if with_entropy:
-            entropy.append(entropy_from_logits(logits.detach()))
+            entropy.append(entropy_from_logits(logits))
     return torch.cat(logp, dim=1), (torch.cat(entropy, dim=1) if with_entropy else None)

@@ -233,7 +233,7 @@ class PolicyUpdater:
         C = mask.shape[1]
         rows = torch.tensor(mb.rows, device=mask.device)
         logp, entropy = completion_logprobs(self.model, mb, self.temperature, with_entropy=True,
-                                            share_prompt=self.share_prompt)
+                                            share_prompt=self.share_prompt, entropy_grad=a.entropy_coef != 0)
         old = logp.detach() if old is None else old
         rollout = rec["engine"][rows, :C]  # (M, C) the engine's log-probs, 0 at padding
         rc = a.rollout_correction

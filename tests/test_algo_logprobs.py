@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from grpo_trainer.algo import entropy_from_logits, selective_log_softmax
+from grpo_trainer.algo import entropy_from_logits, selective_log_softmax, selective_log_softmax_and_entropy
 
 
 def make(n=3, t=7, v=11, dtype=torch.float32, seed=0):
@@ -76,6 +76,24 @@ def test_gradients_match_autograd_of_direct_formula():
     (entropy_from_logits(a, chunk_size=4) * w).sum().backward()
     (reference_entropy(b) * w).sum().backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_pass_gives_both_values_and_the_log_probs_gradient(chunk, dtype):
+    logits, index = make(dtype=dtype)
+    logits[0, 2, :4] = -float("inf")  # banned tokens: the chunk holding them takes the safe formula
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    logp, ent = selective_log_softmax_and_entropy(a, index, chunk_size=chunk)
+    assert logp.dtype == ent.dtype == torch.float32 and not ent.requires_grad
+    assert torch.allclose(logp.double(), reference_logp(logits.float(), index), atol=1e-5, rtol=0)
+    direct = entropy_from_logits(logits, chunk_size=chunk)  # the elementwise formula
+    assert torch.isfinite(ent).all() and torch.allclose(ent, direct, atol=2e-5, rtol=0)
+    w = torch.randn(3, 7, generator=torch.Generator().manual_seed(1))
+    (logp * w).sum().backward()
+    (selective_log_softmax(b, index, chunk_size=chunk) * w).sum().backward()
+    assert torch.equal(a.grad, b.grad)
 
 
 def test_gradcheck_fp64():

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 
 from grpo_trainer import algo
 from grpo_trainer.config import AlgorithmConfig, RolloutCorrectionConfig
-from grpo_trainer.forward import completion_logprobs, pack
+from grpo_trainer.forward import completion_logprobs, completion_outputs, pack
 from grpo_trainer.models import load_causal_lm
 from grpo_trainer.record import RolloutRecord
 from grpo_trainer.rollout import RolloutBatch
@@ -316,6 +316,26 @@ def test_captured_clip_flags_follow_the_policy_losses_own_clip(base_model, step_
     if loss == "gspo":
         assert all(f.all() or not f.any() for f in flags)  # one verdict per sequence
         assert metrics["train/clip_frac_low"] + metrics["train/clip_frac_high"] > 0
+
+
+def test_the_entropy_bonus_has_its_gradient(base_model, step_batch):
+    # Every advantage 0: the update is the bonus alone, -coef * token-mean entropy, whose gradient
+    # is written out here with the elementwise formula on the full log-softmax.
+    coef = 0.5
+    batch = step_batch.with_advantages(torch.zeros(step_batch.num_rows))
+    delta, metrics = run_update(base_model, batch, 3, entropy_coef=coef)
+    model = copy.deepcopy(base_model)
+    prompts, completions, _, _ = rows_of(batch)
+    mb = pack(list(range(batch.num_rows)), prompts, completions, 0)
+    outputs = completion_outputs(model, mb)
+    logp_full = torch.cat([torch.log_softmax(logits.double(), -1) for logits, _ in outputs], dim=1)  # (M, C, V)
+    entropy = -(logp_full.exp() * logp_full).sum(-1)
+    mask = mb.completion_mask
+    (-coef * (entropy * mask).sum() / mask.sum()).backward()
+    for d, p in zip(delta, model.parameters()):
+        assert torch.allclose(d, p.grad, atol=FP32_ROUNDING, rtol=0)
+    assert max(float(d.abs().max()) for d in delta) > 1e-3  # the bonus moved the weights
+    assert metrics["train/entropy"] == pytest.approx(float((entropy.detach() * mask).sum() / mask.sum()), rel=1e-6)
 
 
 def test_clip_higher_acts_only_off_policy(base_model, step_batch):

@@ -1,6 +1,6 @@
 """Pure-math core of GRPO/DAPO: tensors in, tensors out.
 
-- logprobs:   selective_log_softmax, entropy_from_logits
+- logprobs:   selective_log_softmax, selective_log_softmax_and_entropy, entropy_from_logits
 - advantages: group_advantages (dispatch), grpo_advantages, dr_grpo_advantages,
               rloo_advantages, reinforce_advantages, softmax_advantages, reinforce_pp_advantages,
               reinforce_pp_baseline_advantages
@@ -41,7 +41,7 @@ from .gae import (
     whiten,
 )
 from .kl import KL_ESTIMATORS, adaptive_kl_beta, kl_estimate, logprob_mismatch
-from .logprobs import entropy_from_logits, selective_log_softmax
+from .logprobs import entropy_from_logits, selective_log_softmax, selective_log_softmax_and_entropy
 from .loss import AGGREGATIONS, aggregate_loss, clipped_policy_loss, tis_weights
 from .objectives import cispo_policy_loss, gspo_policy_loss, gspo_token_policy_loss, sequence_mean
 from .registry import ADVANTAGES, POLICY_LOSSES, register_advantage, register_policy_loss
@@ -90,6 +90,7 @@ __all__ = [
     "rloo_advantages",
     "select_covariance_tokens",
     "selective_log_softmax",
+    "selective_log_softmax_and_entropy",
     "sequence_mean",
     "softmax_advantages",
     "soft_overlong_penalty",

@@ -44,7 +44,7 @@ def _chunks(n: int, t: int, chunk_tokens: int) -> Iterator[tuple[slice, slice]]:
                 yield slice(i, i + 1), slice(j, j + chunk_tokens)
 
 
-def _check_logits(logits: torch.Tensor, chunk_size: int) -> None:
+def _check_logits(logits: torch.Tensor, chunk_size: int, index: torch.Tensor | None = None) -> None:
     if logits.dim() != 3:
         raise ValueError(
             f"logits must be (N, T, V), got shape {tuple(logits.shape)}; add a batch dimension"
@@ -53,29 +53,63 @@ def _check_logits(logits: torch.Tensor, chunk_size: int) -> None:
         raise ValueError(f"logits must be a float tensor, got {logits.dtype}; cast them to float")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if index is not None and index.shape != logits.shape[:2]:
+        raise ValueError(
+            f"index shape {tuple(index.shape)} must equal logits.shape[:2] = "
+            f"{tuple(logits.shape[:2])}; pass one token id per logit row"
+        )
+    if index is not None and index.dtype != torch.int64:
+        raise ValueError(f"index must be int64 (long), got {index.dtype}; call index.long()")
+
+
+def _plogp_entropy(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """-sum_v p_v log p_v of one chunk (..., V) given its logsumexp (...), the safe way: banned
+    tokens (-inf logits) have p = 0 and log p = -inf, and 0 * -inf must count as 0."""
+    logp = x - lse.unsqueeze(-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros((), dtype=x.dtype, device=x.device)).sum(-1)
+
+
+def _log_softmax_chunks(logits, index, chunk_tokens: int, with_entropy: bool):
+    """The forward of both functions below: per chunk one logsumexp, the sampled token's log-prob
+    and, if asked, the entropy as lse - sum_v softmax(x)_v x_v (a fused softmax and one dot per
+    position: a third of the memory passes of the elementwise formula)."""
+    n, t, _ = logits.shape
+    cdt = _compute_dtype(logits.dtype)
+    out = torch.empty((n, t), dtype=cdt, device=logits.device)
+    lse = torch.empty((n, t), dtype=cdt, device=logits.device)
+    ent = torch.empty((n, t), dtype=cdt, device=logits.device) if with_entropy else None
+    for rs, cs in _chunks(n, t, chunk_tokens):
+        x = logits[rs, cs].to(cdt)
+        chunk_lse = torch.logsumexp(x, dim=-1)
+        lse[rs, cs] = chunk_lse
+        out[rs, cs] = x.gather(-1, index[rs, cs].unsqueeze(-1)).squeeze(-1) - chunk_lse
+        if with_entropy:
+            h = chunk_lse - torch.linalg.vecdot(torch.softmax(x, dim=-1), x)
+            if h.isnan().any():  # 0 * -inf from banned tokens (or non-finite logits): the safe formula
+                h = _plogp_entropy(x, chunk_lse)
+            ent[rs, cs] = h
+    return out, lse, ent
 
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, index, chunk_tokens):  # (N, T, V), (N, T), int
-        n, t, _ = logits.shape
-        cdt = _compute_dtype(logits.dtype)
-        out = torch.empty((n, t), dtype=cdt, device=logits.device)
-        lse = torch.empty((n, t), dtype=cdt, device=logits.device)
-        for rs, cs in _chunks(n, t, chunk_tokens):
-            x = logits[rs, cs].to(cdt)
-            chunk_lse = torch.logsumexp(x, dim=-1)
-            lse[rs, cs] = chunk_lse
-            out[rs, cs] = x.gather(-1, index[rs, cs].unsqueeze(-1)).squeeze(-1) - chunk_lse
-        ctx.save_for_backward(logits, index, lse)
-        ctx.chunk_tokens = chunk_tokens
-        return out
+    """The log-probs with gradients and, if asked, from the same pass the entropy without (an
+    empty tensor otherwise)."""
 
     @staticmethod
-    def backward(ctx, grad_out):  # grad_out: (N, T)
+    def forward(ctx, logits, index, chunk_tokens, with_entropy):  # (N, T, V), (N, T), int, bool
+        out, lse, ent = _log_softmax_chunks(logits, index, chunk_tokens, with_entropy)
+        ent = out.new_empty(0) if ent is None else ent
+        ctx.save_for_backward(logits, index, lse)
+        ctx.chunk_tokens = chunk_tokens
+        ctx.mark_non_differentiable(ent)
+        return out, ent
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_entropy):  # grad_out: (N, T)
         logits, index, lse = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None
+            return None, None, None, None
         n, t, _ = logits.shape
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         for rs, cs in _chunks(n, t, ctx.chunk_tokens):
@@ -85,7 +119,7 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
             d = torch.exp(x - lse[rs, cs].unsqueeze(-1)).mul_(-g)
             d.scatter_add_(-1, index[rs, cs].unsqueeze(-1), g)
             grad[rs, cs] = d
-        return grad, None, None
+        return grad, None, None, None
 
 
 class _Entropy(torch.autograd.Function):
@@ -98,11 +132,7 @@ class _Entropy(torch.autograd.Function):
         for rs, cs in _chunks(n, t, chunk_tokens):
             x = logits[rs, cs].to(cdt)
             chunk_lse = torch.logsumexp(x, dim=-1)
-            logp = x - chunk_lse.unsqueeze(-1)
-            p = logp.exp()
-            # Tokens banned with -inf logits have p = 0 and logp = -inf: 0 * -inf must be 0.
-            plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=cdt, device=x.device))
-            ent[rs, cs] = -plogp.sum(-1)
+            ent[rs, cs] = _plogp_entropy(x, chunk_lse)
             lse[rs, cs] = chunk_lse
         ctx.save_for_backward(logits, lse, ent)
         ctx.chunk_tokens = chunk_tokens
@@ -141,17 +171,28 @@ def selective_log_softmax(
     Returns fp64 for fp64 logits and fp32 otherwise (bf16/fp16 are upcast per chunk).
     Differentiable with respect to ``logits`` (first-order only).
     """
-    _check_logits(logits, chunk_size)
-    if index.shape != logits.shape[:2]:
-        raise ValueError(
-            f"index shape {tuple(index.shape)} must equal logits.shape[:2] = "
-            f"{tuple(logits.shape[:2])}; pass one token id per logit row"
-        )
-    if index.dtype != torch.int64:
-        raise ValueError(f"index must be int64 (long), got {index.dtype}; call index.long()")
+    _check_logits(logits, chunk_size, index)
     if logits.shape[0] * logits.shape[1] == 0:
         return logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
-    return _SelectiveLogSoftmax.apply(logits, index, chunk_size)
+    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, False)[0]
+
+
+def selective_log_softmax_and_entropy(
+    logits: torch.Tensor,  # (N, T, V) float32 / float64 / bfloat16 / float16
+    index: torch.Tensor,  # (N, T) int64 token ids in [0, V)
+    chunk_size: int = DEFAULT_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (N, T) log-probs, (N, T) entropy
+    """:func:`selective_log_softmax` and, from the same pass over the logits, the entropy of
+    :func:`entropy_from_logits` *without* gradient: the monitored entropy (DAPO, arXiv
+    2503.14476, section 3.1) of every training forward at the cost of one softmax and one dot
+    per position, reusing the log-probs' logsumexp. The log-probs are differentiable as in
+    :func:`selective_log_softmax`; for an entropy bonus with a gradient use
+    :func:`entropy_from_logits`."""
+    _check_logits(logits, chunk_size, index)
+    if logits.shape[0] * logits.shape[1] == 0:
+        empty = logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
+        return empty, empty.clone()
+    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, True)
 
 
 def entropy_from_logits(

@@ -6,7 +6,9 @@
 3. weight sync: seconds and bytes to push the policy into the vLLM engine;
 4. full `GRPOTrainer.train_step()`s split into phases, with peak RSS. They run in a child process
    (`--only step`) so that the trainer's own vLLM engine never shares a process with part 1's,
-   and so that its peak RSS is the trainer's alone.
+   and so that its peak RSS is the trainer's alone;
+5. colocation: the last step's update replayed on the same rows right after the steps, whole and
+   as bare forward+backward, against its train phase inside the step (see `time_colocation`).
 
     python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--data FILE] [--output PATH]
 
@@ -33,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grpo_trainer.bench.measure import Clock, gemm_peaks, time_rollout, time_sync, time_train
+from grpo_trainer.bench.measure import Clock, gemm_peaks, time_colocation, time_rollout, time_sync, time_train
 from grpo_trainer.bench.report import PHASES, format_table, machine_info, median, to_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +77,14 @@ def run_steps(args) -> dict:
         cfg = load_config(None, overrides)
         cfg.data.instruction = INSTRUCTION
         trainer = GRPOTrainer(cfg)
-        rows, cores = [], []
+        rows, cores, last = [], [], []
+        run = trainer.updater.run
+
+        def keep_record(record, *a, **kw):  # the last step's rows, for the colocation figure
+            last[:] = [record]
+            return run(record, *a, **kw)
+
+        trainer.updater.run = keep_record
         try:
             for step in range(1, args.steps + 1):
                 trainer.step = step  # train() would also save a checkpoint; we only time steps
@@ -83,6 +92,12 @@ def run_steps(args) -> dict:
                     rows.append(trainer.train_step())
                 cores.append(clock.cores_used)
                 print(f"[bench] step {step}: {rows[-1]['time/step']:.2f} s", file=sys.stderr, flush=True)
+            trainer.updater.run = run
+            colocation = None
+            if not args.skip_colocation:
+                print("[bench] the last update again, replayed and as bare forward+backward", file=sys.stderr,
+                      flush=True)
+                colocation = time_colocation(trainer, last[0], rows[-1]["time/train"], args.mixed_precision)
         finally:
             trainer.reward_fn.close()
             trainer.engine.close()
@@ -98,6 +113,7 @@ def run_steps(args) -> dict:
             "completion_len_mean": median([r["completion/len_mean"] for r in timed]),
             "reward_mean": [r["reward/mean"] for r in rows],
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "colocation": colocation,
             # The output directory is a deleted temporary one: not part of the configuration.
             "config_overrides": [o for o in overrides if not o.startswith("trainer.output_dir=")]
             + [f"data.instruction={INSTRUCTION}"]}
@@ -111,6 +127,7 @@ def run_steps_child(args) -> dict:
                "--max-tokens", str(args.max_tokens), "--dtype", args.dtype, "--rollout-dtype", args.rollout_dtype,
                "--mixed-precision", args.mixed_precision, "--steps", str(args.steps), "--output", str(out)]
         cmd += ["--micro-batch-size", str(args.micro_batch_size)] + (["--train-all-rows"] if args.train_all_rows else [])
+        cmd += ["--skip-colocation"] if args.skip_colocation else []
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env)
         if proc.returncode != 0:
@@ -123,6 +140,7 @@ def run_parts_1_to_3(args) -> dict:
     import torch
 
     from grpo_trainer.data import load_examples, render_prompts
+    from grpo_trainer.hardware import cpu_has_native_bf16
     from grpo_trainer.models import load_causal_lm, load_tokenizer
     from grpo_trainer.rollout import SamplingConfig, make_engine
 
@@ -139,7 +157,11 @@ def run_parts_1_to_3(args) -> dict:
     result["prompt_tokens"] = [len(p) for p in prompt_ids]
 
     print("[bench] GEMM peak", file=sys.stderr, flush=True)
-    gemm_runs = [gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds)]
+    peak_dtype = "bfloat16" if args.mixed_precision == "bf16" or args.dtype == "bfloat16" else "float32"
+    # Without native bf16 a 2048^2 bf16 matmul takes about a minute (0.7 GFLOP/s on an AVX2 CPU)
+    # and says nothing the fp32 run does not: the trainer falls back to fp32 there.
+    dtypes = ("float32", "bfloat16") if cpu_has_native_bf16() or peak_dtype == "bfloat16" else ("float32",)
+    gemm_runs = [gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds, dtypes)]
     policy = load_causal_lm(args.model_path, args.dtype)
     rollout: dict = {"hf": None}
     # HF generate first, in a process vLLM has not yet touched (it re-pins threads on CPU).
@@ -168,9 +190,8 @@ def run_parts_1_to_3(args) -> dict:
     print("[bench] trainer forward+backward", file=sys.stderr, flush=True)
     train = time_train(policy, batch, tok.pad_token_id, args.mixed_precision, args.micro_batch_size)
     # Again right after, under the same vLLM thread binding as the trainer; keep the best of both.
-    gemm_runs.append(gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds))
+    gemm_runs.append(gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds, dtypes))
     peaks = {k: max(run[k] for run in gemm_runs) for k in gemm_runs[0]}
-    peak_dtype = "bfloat16" if args.mixed_precision == "bf16" or args.dtype == "bfloat16" else "float32"
     train.update(gemm_n=args.gemm_n, gemm_peak_flops_per_s=peaks, gemm_runs=gemm_runs, peak_dtype=peak_dtype,
                  peak_fraction=train["flops_per_s"] / peaks[peak_dtype], threads=torch.get_num_threads())
     result["train"] = train
@@ -190,6 +211,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     ap.add_argument("--skip-hf", action="store_true", help="skip the transformers generate rollout")
     ap.add_argument("--skip-step", action="store_true", help="skip the full GRPO steps (part 4)")
+    ap.add_argument("--skip-colocation", action="store_true",
+                    help="skip replaying the last step's update after the steps (the colocation figure)")
     ap.add_argument("--micro-batch-size", type=int, default=8, help="rows per forward/backward (default 8)")
     ap.add_argument("--train-all-rows", action="store_true",
                     help="forward/backward every row, zero-advantage ones too (TRL's work); default: skip those")

@@ -23,14 +23,14 @@ class Clock:
         self.cores_used = (time.process_time() - self.c0) / max(self.wall, 1e-9)
 
 
-def gemm_peaks(n: int, repeats: int, min_seconds: float) -> dict:
-    """Best FLOP/s of an n x n matmul, fp32 and bf16, over at least `repeats` timings and
+def gemm_peaks(n: int, repeats: int, min_seconds: float, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
+    """Best FLOP/s of an n x n matmul in each dtype, over at least `repeats` timings and
     `min_seconds` of them: the ceiling a dense model can reach. Best-of, since other tenants only
     ever slow a run down."""
     import torch
 
     peaks = {}
-    for name in ("float32", "bfloat16"):
+    for name in dtypes:
         a, b = (torch.randn(n, n).to(getattr(torch, name)) for _ in range(2))
         torch.mm(a, b)  # first call picks and packs the kernel
         best, spent, i = math.inf, 0.0, 0
@@ -63,27 +63,32 @@ def time_rollout(engine, prompt_ids, sampling, warm_tokens: int, mixed: str = "n
             "truncated_frac": sum(batch.truncated) / max(len(batch.truncated), 1)}, batch
 
 
+def _fwd_bwd(model, mbs, mixed: str) -> Clock:
+    """Forward+backward of a token-mean log-prob loss over the micro-batches: the update's
+    arithmetic without its loss terms, metrics and optimizer step."""
+    from grpo_trainer.forward import completion_logprobs
+
+    model.train()
+    with Clock() as clock:
+        for mb in mbs:
+            with _autocast(mixed):
+                logp, _ = completion_logprobs(model, mb, temperature=1.0)
+            mask = mb.completion_mask
+            (-(logp.float() * mask).sum() / mask.sum().clamp(min=1)).backward()
+    model.zero_grad(set_to_none=True)
+    return clock
+
+
 def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int) -> dict:
     """Forward+backward of a token-mean log-prob loss, as the update does, over the batch."""
-    from grpo_trainer.forward import completion_logprobs, micro_batches
+    from grpo_trainer.forward import micro_batches
 
     prompts = batch.row_prompts()
     comps = [c or [pad_id] for c in batch.completion_ids]  # an empty sample still costs its prompt
     mbs = micro_batches(list(range(len(prompts))), prompts, comps, pad_id, micro_batch_size)
-    model.train()
-
-    def fwd_bwd(mb):
-        with _autocast(mixed):
-            logp, _ = completion_logprobs(model, mb, temperature=1.0)
-        mask = mb.completion_mask
-        (-(logp.float() * mask).sum() / mask.sum().clamp(min=1)).backward()
-
-    fwd_bwd(mbs[0])  # warm-up: allocator and kernel choice
-    model.zero_grad(set_to_none=True)
-    with Clock() as clock:
-        for mb in mbs:
-            fwd_bwd(mb)
-    seconds, _ = clock.wall, model.zero_grad(set_to_none=True)
+    _fwd_bwd(model, mbs[:1], mixed)  # warm-up: allocator and kernel choice
+    clock = _fwd_bwd(model, mbs, mixed)
+    seconds = clock.wall
     # Tokens the forward computes: each distinct prompt once, plus every completion.
     tokens = int(sum(mb.prompt_mask.sum() + mb.completion_mask.sum() for mb in mbs))
     n_params = sum(p.numel() for p in model.parameters())
@@ -113,3 +118,29 @@ def time_sync(engine, model, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
     return {"seconds": sec, "seconds_all": times, "bytes": moved, "bytes_per_s": moved / sec}
+
+
+def time_colocation(trainer, record, in_step_s: float, mixed: str, repeats: int = 2) -> dict:
+    """The colocation figure: the last step's update again, on the same rows, in the trainer's
+    process right after its steps (engine alive). `replayed_s`: the whole update (`updater.run`:
+    loss terms, metrics, clipping, optimizer step); `fwd_bwd_s`: its bare forward+backward, part 2's
+    measurement. in-step vs replayed is what the step's surroundings cost (the rollout before it);
+    replayed vs bare is the update's own work around forward+backward. Interleaved, best of
+    `repeats`, since other tenants only ever slow a run down. It trains the policy further."""
+    from grpo_trainer.forward import record_micro_batches
+    from grpo_trainer.step_stats import StepStats
+
+    up, a = trainer.updater, trainer.cfg.algorithm
+    trained = record.advantages.ne(0).any(dim=1) | (not a.skip_zero_advantage)
+    rows = [i for i in range(record.num_rows) if record.in_loss[i] and trained[i]]
+    mbs = [mb.to(trainer.acc.device)
+           for mb in record_micro_batches(record, rows or [0], up.micro_batch_size, up.micro_batch_tokens)]
+    replayed, bare = [], []
+    for _ in range(repeats):
+        with Clock() as clock:
+            up.run(record, trainer.beta, StepStats(), seed=0)
+        replayed.append(clock.wall)
+        bare.append(_fwd_bwd(up.model, mbs, mixed).wall)
+    return {"rows": len(rows), "train_in_step_s": in_step_s, "replayed_s": min(replayed), "fwd_bwd_s": min(bare),
+            "replayed_all": replayed, "fwd_bwd_all": bare, "in_step_over_fwd_bwd": in_step_s / min(bare),
+            "replayed_over_fwd_bwd": min(replayed) / min(bare)}

@@ -97,6 +97,11 @@ def format_table(result: dict) -> str:
         used = ", cores " + ", ".join(f"{x:.2f}" for x in st["cores_used_all"]) if st.get("cores_used_all") else ""
         lines.append(f"  all steps: {', '.join(f'{x:.2f}' for x in st['step_s_all'])} s{used} | "
                      f"peak RSS {st['peak_rss_gib']:.2f} GiB")
+        co = st.get("colocation")
+        if co:
+            lines.append(f"  colocation, the last step's {co['rows']} rows: train in step {co['train_in_step_s']:.2f} s | "
+                         f"replayed {co['replayed_s']:.2f} s | bare fwd+bwd {co['fwd_bwd_s']:.2f} s -> in step "
+                         f"{co['in_step_over_fwd_bwd']:.2f}x, replayed {co['replayed_over_fwd_bwd']:.2f}x the bare")
         if (st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0
                 and not result["config"].get("train_all_rows")):
             lines.append("  note: every group's rewards were equal, so no row was trained: the train phase "
