@@ -156,3 +156,22 @@ def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
     assert res["step"] is None
     assert res["machine"]["cores"] > 0 and res["machine"]["torch"]
     assert "rollout vllm" in proc.stdout and "weight sync" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_steps_replay_the_last_update(tiny_llama: Path, tmp_path: Path):
+    # Part 4 alone (the child process the bench starts), every row trained: the colocation figure
+    # replays the last step's update on its own rows.
+    out = tmp_path / "step.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "grpo_trainer.bench", "--only", "step", "--quick", "--train-all-rows",
+                           "--model", str(tiny_llama), "--output", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    co = res["colocation"]
+    assert co["rows"] == QUICK["prompts"] * QUICK["G"]  # every row is in the loss and trained
+    assert co["train_in_step_s"] == res["phases_s_all"][-1]["train"]
+    assert len(co["replayed_all"]) == len(co["fwd_bwd_all"]) == 2 and min(co["fwd_bwd_all"]) > 0
+    assert co["replayed_s"] == min(co["replayed_all"])
+    assert co["in_step_over_fwd_bwd"] == pytest.approx(co["train_in_step_s"] / co["fwd_bwd_s"], rel=1e-5)
