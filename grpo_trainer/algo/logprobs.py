@@ -182,8 +182,8 @@ def selective_log_softmax_and_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (N, T) log-probs, (N, T) entropy
     """:func:`selective_log_softmax` and, from the same pass over the logits, the entropy of
     :func:`entropy_from_logits` *without* gradient: the monitored entropy (DAPO, arXiv
-    2503.14476, section 3.1) of every training forward at the cost of one softmax and one dot
-    per position, reusing the log-probs' logsumexp. The log-probs are differentiable as in
+    2503.14476, section 3.1) of every training forward, reusing the log-probs' logsumexp
+    (bit-identical to computing it apart). The log-probs are differentiable as in
     :func:`selective_log_softmax`; for an entropy bonus with a gradient use
     :func:`entropy_from_logits`."""
     _check_logits(logits, chunk_size, index)
