@@ -206,10 +206,8 @@ def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy:
             logits = logits / temperature
         if with_entropy and not entropy_grad:
             lp, ent = selective_log_softmax_and_entropy(logits, targets)
-            logp.append(lp)
-            entropy.append(ent)
-            continue
-        logp.append(selective_log_softmax(logits, targets))
-        if with_entropy:
-            entropy.append(entropy_from_logits(logits))
+        else:
+            lp, ent = selective_log_softmax(logits, targets), entropy_from_logits(logits) if with_entropy else None
+        logp.append(lp)
+        entropy.append(ent)
     return torch.cat(logp, dim=1), (torch.cat(entropy, dim=1) if with_entropy else None)

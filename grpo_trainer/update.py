@@ -100,19 +100,12 @@ class PolicyUpdater:
             raise ValueError("the record has no advantages: set them (record.with_advantages) before the update")
         self.captured = {}
         kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
-        # A row with advantage 0 contributes exactly nothing when no KL/entropy term is on: it is
-        # kept out of the forward/backward but still counted in the normalisers.
-        needs_all = (kl_in_loss or a.entropy_coef != 0 or not a.skip_zero_advantage
-                     or distributed.lockstep(acc))
         need_old = self.need_old
         control = entropy_control.select_tokens(acc, record, a, seed, stats)  # (N, C) bool or None
-        trained = record.advantages != 0
-        if a.entropy_control == "kl_cov" and need_old:  # its penalty gives a zero-advantage row a gradient
-            trained = trained | control
-        nonzero = trained.any(dim=1).tolist()
+        trained = self.trained_rows(record, beta, control)
         minis = []
         for rows, stand_in, tokens, seqs in mini_batches(acc, record, a.num_mini_batches):
-            train_rows = [i for i in rows if needs_all or nonzero[i]]
+            train_rows = [i for i in rows if trained[i]]
             dummy = not train_rows  # nothing to train here: a zero-weighted micro-batch (see mini_batches)
             plan_rows = train_rows or [stand_in]
             mbs = [mb.to(acc.device) for mb in record_micro_batches(record, plan_rows, self.micro_batch_size,
@@ -156,6 +149,19 @@ class PolicyUpdater:
 
         rows = sum(len(mb.rows) for m in minis for mb, d in zip(m["mbs"], m["dummy"]) if not d)
         self._add_stats(stats, sums, canary, rows, passes, float(grad_norm))
+
+    def trained_rows(self, record: RolloutRecord, beta: float, control: torch.Tensor | None = None) -> list[bool]:
+        """Per row, whether the update runs its forward/backward (if it is in the loss). A row with
+        advantage 0 contributes exactly nothing when no KL/entropy term is on: it is kept out of
+        the forward/backward but still counted in the normalisers."""
+        a = self.a
+        kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
+        if kl_in_loss or a.entropy_coef != 0 or not a.skip_zero_advantage or distributed.lockstep(self.acc):
+            return [True] * record.num_rows
+        trained = record.advantages != 0
+        if a.entropy_control == "kl_cov" and self.need_old and control is not None:  # its penalty reaches zero-advantage rows
+            trained = trained | control
+        return trained.any(dim=1).tolist()
 
     def skip(self, record: RolloutRecord, stats: StepStats, seed: int = 0) -> None:
         """No update this step (trainer.critic_warmup): the same metric names as `run`, measuring

@@ -169,10 +169,15 @@ def selective_log_softmax(
     Returns fp64 for fp64 logits and fp32 otherwise (bf16/fp16 are upcast per chunk).
     Differentiable with respect to ``logits`` (first-order only).
     """
+    return _selective(logits, index, chunk_size, with_entropy=False)[0]
+
+
+def _selective(logits, index, chunk_size: int, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
     _check_logits(logits, chunk_size, index)
     if logits.shape[0] * logits.shape[1] == 0:
-        return logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
-    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, False)[0]
+        empty = logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
+        return empty, empty.clone()
+    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, with_entropy)
 
 
 def selective_log_softmax_and_entropy(
@@ -186,11 +191,7 @@ def selective_log_softmax_and_entropy(
     (bit-identical to computing it apart). The log-probs are differentiable as in
     :func:`selective_log_softmax`; for an entropy bonus with a gradient use
     :func:`entropy_from_logits`."""
-    _check_logits(logits, chunk_size, index)
-    if logits.shape[0] * logits.shape[1] == 0:
-        empty = logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
-        return empty, empty.clone()
-    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, True)
+    return _selective(logits, index, chunk_size, with_entropy=True)
 
 
 def entropy_from_logits(

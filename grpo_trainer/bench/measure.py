@@ -130,8 +130,8 @@ def time_colocation(trainer, record, in_step_s: float, mixed: str, repeats: int 
     from grpo_trainer.forward import record_micro_batches
     from grpo_trainer.step_stats import StepStats
 
-    up, a = trainer.updater, trainer.cfg.algorithm
-    trained = record.advantages.ne(0).any(dim=1) | (not a.skip_zero_advantage)
+    up = trainer.updater
+    trained = up.trained_rows(record, trainer.beta)
     rows = [i for i in range(record.num_rows) if record.in_loss[i] and trained[i]]
     mbs = [mb.to(trainer.acc.device)
            for mb in record_micro_batches(record, rows or [0], up.micro_batch_size, up.micro_batch_tokens)]
