@@ -1,6 +1,11 @@
-"""What `evaluate` prints: the accuracy table with intervals, and paired tests against the first model."""
+"""What `evaluate` prints and writes: the accuracy table with intervals, paired tests against the
+first model, and the JSON of both."""
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 from grpo_trainer.eval_settings import GSM8K_MODES
 from grpo_trainer.stats import paired_test
@@ -82,3 +87,14 @@ def format_comparisons(comparisons: list[dict]) -> str:
                      f"{c['first']:.3f} -> {c['second']:.3f} ({delta:+.3f}); better on {c['gained']}, "
                      f"worse on {c['lost']}; {c['test']} p = {c['p_value']:.2g}, {verdict}")
     return "\n".join(lines)
+
+
+def write_results(out: Path, config: dict, results: list[dict]) -> list[dict]:
+    """The JSON of the models evaluated so far, with their paired comparisons, replacing the
+    previous one whole (temporary name, then rename)."""
+    comparisons = compare(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"config": config, "results": results, "comparisons": comparisons}, indent=1) + "\n")
+    os.replace(tmp, out)
+    return comparisons

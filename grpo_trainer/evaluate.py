@@ -17,7 +17,8 @@ Under `accelerate launch` every process (also under torchrun; on CPU-only machin
 problems and the results are gathered, so greedy numbers do not depend on the process count
 (sampled ones only through the seeds). JSON: {"config": {...}, "results": [one object per model,
 see `evaluate_model`], "comparisons": [one per later model and extraction, see
-`eval_report.compare`]}.
+`eval_report.compare`]}, rewritten after every model, so a run killed part-way keeps the models
+already done. vLLM's and the libraries' own output goes to OUTPUT.third_party.rankR.log.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grpo_trainer.eval_report import compare, format_comparisons, format_table
+from grpo_trainer import console
+from grpo_trainer.eval_report import format_comparisons, format_table, write_results
 from grpo_trainer.eval_settings import DEFAULT_VERIFIER, resolve_eval_model, resolve_settings, scoring_specs
 from grpo_trainer.stats import wilson_interval
 
@@ -217,7 +219,7 @@ def evaluate_model(
                                  max_model_len=max(len(p) for p in ids) + max_tokens, kv_cache_gib=kv_cache_gib,
                                  gpu_memory_utilization=gpu_memory_utilization)
         bar = tqdm(total=len(mine), desc=f"eval {label or Path(model_path).name}", unit="problem",
-                   disable=not (progress and rank == 0), dynamic_ncols=True)
+                   disable=not (progress and rank == 0), dynamic_ncols=True, file=console.err())
         with bar:
             for c, start in enumerate(range(0, len(mine), chunk_size)):
                 idx = mine[start:start + chunk_size]
@@ -320,17 +322,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="GPU: engine's share of memory")
     p.add_argument("--output", default="eval_results.json", help="JSON results file")
     p.add_argument("--save-completions", action="store_true", help="store every completion in the JSON")
+    p.add_argument("--verbose", action="store_true", help="vLLM's, transformers' and torch's own output on the "
+                   f"console too (default: in OUTPUT.third_party.rankR.log; or {console.VERBOSE_ENV}=1)")
     return p.parse_args(argv)
+
+
+def third_party_log(output: str | Path) -> Path:
+    """Where the engines' and libraries' own output goes: beside the JSON results."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}.third_party.rank{int(os.environ.get('RANK', '0'))}.log")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("vllm", "httpx", "datasets", "accelerate.utils.other"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    verbose = console.verbose_requested(args.verbose)
+    log_file = third_party_log(args.output)
     try:
-        return _run(args)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with console.quiet(log_file.parent, verbose, log_file):
+            return _run(args)
     except ValueError as exc:  # ModelPathError, RewardError and bad input all subclass it
         if os.environ.get("GRPO_TRAINER_DEBUG"):
             raise
@@ -376,6 +386,11 @@ def _run(args: argparse.Namespace) -> int:
         log.info("evaluating with instruction %r, system prompt %r, verifier %s %s, dtype %s (%s)",
                  instruction, settings["system_prompt"], settings["verifier"], json.dumps(settings["verifier_kwargs"]),
                  settings["dtype"], "; ".join(f"{', '.join(keys)} from {src}" for src, keys in origins.items()))
+    config = {key: getattr(args, key) for key in ("data", "split", "num_examples", "difficulty", "k",
+                                                  "max_tokens", "max_prompt_length", "seed")}
+    config.update(settings, instruction=instruction, settings_from=source, num_samples=num_samples,
+                  temperature=temperature)
+    out = Path(args.output)
     results = []
     with build_reward_fn(scoring_specs(specs)[0]) as reward_fn:  # one verifier pool for every model
         for spec in args.model:
@@ -389,19 +404,14 @@ def _run(args: argparse.Namespace) -> int:
                 kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
                 save_completions=args.save_completions, label=spec)
             results.append({"model": spec, "step": step, **result})
+            if rank == 0:  # after every model: a run killed during a later one keeps the earlier ones
+                comparisons = write_results(out, config, results)
     if rank == 0:
-        config = {key: getattr(args, key) for key in ("data", "split", "num_examples", "difficulty", "k",
-                                                      "max_tokens", "max_prompt_length", "seed")}
-        config.update(settings, instruction=instruction, settings_from=source, num_samples=num_samples,
-                      temperature=temperature)
-        comparisons = compare(results)
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"config": config, "results": results, "comparisons": comparisons}, indent=1) + "\n")
-        print(format_table(results), flush=True)
+        print(format_table(results), file=console.out(), flush=True)
         if comparisons:
-            print(format_comparisons(comparisons), flush=True)
-        print(f"wrote {out}", flush=True)
+            print(format_comparisons(comparisons), file=console.out(), flush=True)
+        told = "" if console.verbose_requested(args.verbose) else f" (third-party output: {third_party_log(out)})"
+        print(f"wrote {out}{told}", file=console.out(), flush=True)
     return 0
 
 

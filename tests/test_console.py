@@ -166,3 +166,18 @@ def test_finished_run_is_told_before_loading_and_errors_reach_the_terminal(tiny_
     assert "Traceback" not in proc.stderr
     got, asked = map(int, re.search(r"returned (\d+) values for (\d+) completions", proc.stderr).groups())
     assert got == asked + 1
+
+
+@pytest.mark.slow
+def test_evaluate_keeps_third_party_output_in_its_log(tiny_llama: Path, tmp_path: Path):
+    out = tmp_path / "res.json"
+    proc = subprocess.run([sys.executable, "-m", "grpo_trainer.evaluate", "--model", str(tiny_llama),
+                           "--num-examples", "2", "--max-tokens", "4", "--kv-cache-gib", "1", "--dtype", "float32",
+                           "--output", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = tmp_path / "res.third_party.rank0.log"
+    assert proc.stdout.splitlines()[-1] == f"wrote {out} (third-party output: {log})"
+    # On the console: the project's stamped lines and the progress bar, nothing of vLLM's.
+    assert "evaluating with instruction" in proc.stderr and f"eval {tiny_llama}: 100%" in proc.stderr
+    assert "vllm" not in proc.stderr.lower() and "Loading safetensors" not in proc.stderr
+    assert "Loading safetensors" in log.read_text()

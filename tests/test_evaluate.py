@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from grpo_trainer.config import load_config, save_config
-from grpo_trainer.eval_report import compare, format_comparisons, format_table
+from grpo_trainer.eval_report import compare, format_comparisons, format_table, write_results
 from grpo_trainer.eval_settings import correctness_spec, resolve_settings, scoring_specs
 from grpo_trainer.evaluate import (
     _score_chunk,
@@ -196,6 +196,19 @@ def test_compare_pairs_problems_by_index():
     assert (flexible["first"], flexible["second"], flexible["gained"], flexible["lost"]) == (0.5, 1.0, 2, 0)
     assert flexible["p_value"] == 0.5
     assert compare([base]) == []
+
+
+def test_results_file_is_rewritten_whole_after_each_model(tmp_path):
+    # evaluate writes after every model, so a run killed during the third keeps the first two.
+    base = _scored("base", [{"strict": s, "flexible": f} for s, f in [(0, 0), (0, 1), (1, 1), (0, 0)]])
+    tuned = _scored("tuned", [{"strict": 1, "flexible": 1}] * 4)
+    out = tmp_path / "sub" / "res.json"
+    assert write_results(out, {"data": "x"}, [base]) == []
+    assert json.loads(out.read_text()) == {"config": {"data": "x"}, "results": [base], "comparisons": []}
+    comparisons = write_results(out, {"data": "x"}, [base, tuned])
+    assert json.loads(out.read_text())["comparisons"] == comparisons == compare([base, tuned])
+    assert [(c["gained"], c["lost"]) for c in comparisons] == [(3, 0), (2, 0)]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]  # no temporary file left
 
 
 def test_comparison_line_says_whether_it_is_noise():
