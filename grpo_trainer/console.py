@@ -137,12 +137,11 @@ def log_path(run_dir: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def quiet(run_dir: str | Path, verbose: bool, log_file: str | Path | None = None) -> Iterator[Path]:
+def quiet(run_dir: str | Path, verbose: bool) -> Iterator[Path]:
     """Configure logging for a run in `run_dir` and, unless verbose, move fds 1 and 2 to its log
-    file (`log_file`, default `log_path(run_dir)`) until the block ends. Every record is also
-    written to that file, in both modes."""
+    file until the block ends. Every record is also written to that file, in both modes."""
     global _out, _err
-    path = Path(log_file) if log_file is not None else log_path(run_dir)
+    path = log_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     file_handler = logging.FileHandler(path, encoding="utf-8")

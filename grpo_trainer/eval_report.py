@@ -90,11 +90,16 @@ def format_comparisons(comparisons: list[dict]) -> str:
 
 
 def write_results(out: Path, config: dict, results: list[dict]) -> list[dict]:
-    """The JSON of the models evaluated so far, with their paired comparisons, replacing the
-    previous one whole (temporary name, then rename)."""
+    """The JSON of the models evaluated so far, with their paired comparisons; returns those."""
     comparisons = compare(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"config": config, "results": results, "comparisons": comparisons}, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_json_whole(out, {"config": config, "results": results, "comparisons": comparisons}, indent=1)
     return comparisons
+
+
+def write_json_whole(path: Path, obj, indent: int | None = None) -> None:
+    """Write to a temporary name and rename: a kill leaves the previous file or none, never half
+    of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+    os.replace(tmp, path)

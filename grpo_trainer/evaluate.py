@@ -18,7 +18,8 @@ problems and the results are gathered, so greedy numbers do not depend on the pr
 (sampled ones only through the seeds). JSON: {"config": {...}, "results": [one object per model,
 see `evaluate_model`], "comparisons": [one per later model and extraction, see
 `eval_report.compare`]}, rewritten after every model, so a run killed part-way keeps the models
-already done. vLLM's and the libraries' own output goes to OUTPUT.third_party.rankR.log.
+already done. vLLM's and the libraries' own output goes to logs/third_party.rankR.log beside it,
+as a training run's goes to RUN_DIR/logs/ (console.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_trainer import console
-from grpo_trainer.eval_report import format_comparisons, format_table, write_results
+from grpo_trainer.eval_report import format_comparisons, format_table, write_json_whole, write_results
 from grpo_trainer.eval_settings import DEFAULT_VERIFIER, resolve_eval_model, resolve_settings, scoring_specs
 from grpo_trainer.stats import wilson_interval
 
@@ -258,10 +259,7 @@ def save_eval(path: Path, step: int, results: list[dict]) -> None:
     avg@n when sampled) as JSON, per problem, so that runs on the same problems can be compared
     by a paired test (scripts/ablation.py). Written to a temporary name and renamed: a kill
     leaves the previous file or none, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"step": step, "results": results}) + "\n")
-    os.replace(tmp, path)
+    write_json_whole(path, {"step": step, "results": results})
 
 
 def _rank_world() -> tuple[int, int]:
@@ -323,24 +321,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default="eval_results.json", help="JSON results file")
     p.add_argument("--save-completions", action="store_true", help="store every completion in the JSON")
     p.add_argument("--verbose", action="store_true", help="vLLM's, transformers' and torch's own output on the "
-                   f"console too (default: in OUTPUT.third_party.rankR.log; or {console.VERBOSE_ENV}=1)")
+                   f"console too (default: in logs/ beside --output; or {console.VERBOSE_ENV}=1)")
     return p.parse_args(argv)
-
-
-def third_party_log(output: str | Path) -> Path:
-    """Where the engines' and libraries' own output goes: beside the JSON results."""
-    out = Path(output)
-    return out.with_name(f"{out.stem}.third_party.rank{int(os.environ.get('RANK', '0'))}.log")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     verbose = console.verbose_requested(args.verbose)
-    log_file = third_party_log(args.output)
+    out_dir = Path(args.output).parent
     try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with console.quiet(log_file.parent, verbose, log_file):
-            return _run(args)
+        with console.quiet(out_dir, verbose):
+            return _run(args, None if verbose else console.log_path(out_dir))
     except ValueError as exc:  # ModelPathError, RewardError and bad input all subclass it
         if os.environ.get("GRPO_TRAINER_DEBUG"):
             raise
@@ -360,7 +351,7 @@ def _verifier_kwargs(text: str | None) -> dict | None:
     return value
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, third_party_log: Path | None) -> int:
     given = {"instruction": args.instruction, "system_prompt": args.system_prompt, "verifier": args.verifier,
              "verifier_kwargs": _verifier_kwargs(args.verifier_kwargs), "dtype": args.dtype}
     settings, source = resolve_settings(given, args.model)
@@ -410,7 +401,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_table(results), file=console.out(), flush=True)
         if comparisons:
             print(format_comparisons(comparisons), file=console.out(), flush=True)
-        told = "" if console.verbose_requested(args.verbose) else f" (third-party output: {third_party_log(out)})"
+        told = f" (third-party output: {third_party_log})" if third_party_log else ""
         print(f"wrote {out}{told}", file=console.out(), flush=True)
     return 0
 

@@ -99,7 +99,7 @@ class PolicyUpdater:
         if record.advantages is None:
             raise ValueError("the record has no advantages: set them (record.with_advantages) before the update")
         self.captured = {}
-        kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
+        kl_in_loss = self.kl_in_loss(beta)
         need_old = self.need_old
         control = entropy_control.select_tokens(acc, record, a, seed, stats)  # (N, C) bool or None
         trained = self.trained_rows(record, beta, control)
@@ -150,13 +150,16 @@ class PolicyUpdater:
         rows = sum(len(mb.rows) for m in minis for mb, d in zip(m["mbs"], m["dummy"]) if not d)
         self._add_stats(stats, sums, canary, rows, passes, float(grad_norm))
 
+    def kl_in_loss(self, beta: float) -> bool:
+        """Whether this step's loss has the KL term (and so needs the reference's log-probs)."""
+        return self.ref is not None and beta > 0 and self.a.kl_mode == "loss"
+
     def trained_rows(self, record: RolloutRecord, beta: float, control: torch.Tensor | None = None) -> list[bool]:
         """Per row, whether the update runs its forward/backward (if it is in the loss). A row with
         advantage 0 contributes exactly nothing when no KL/entropy term is on: it is kept out of
         the forward/backward but still counted in the normalisers."""
         a = self.a
-        kl_in_loss = self.ref is not None and beta > 0 and a.kl_mode == "loss"
-        if kl_in_loss or a.entropy_coef != 0 or not a.skip_zero_advantage or distributed.lockstep(self.acc):
+        if self.kl_in_loss(beta) or a.entropy_coef != 0 or not a.skip_zero_advantage or distributed.lockstep(self.acc):
             return [True] * record.num_rows
         trained = record.advantages != 0
         if a.entropy_control == "kl_cov" and self.need_old and control is not None:  # its penalty reaches zero-advantage rows

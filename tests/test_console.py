@@ -175,7 +175,7 @@ def test_evaluate_keeps_third_party_output_in_its_log(tiny_llama: Path, tmp_path
                            "--num-examples", "2", "--max-tokens", "4", "--kv-cache-gib", "1", "--dtype", "float32",
                            "--output", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    log = tmp_path / "res.third_party.rank0.log"
+    log = tmp_path / "logs" / "third_party.rank0.log"  # a run directory's layout (console.log_path)
     assert proc.stdout.splitlines()[-1] == f"wrote {out} (third-party output: {log})"
     # On the console: the project's stamped lines and the progress bar, nothing of vLLM's.
     assert "evaluating with instruction" in proc.stderr and f"eval {tiny_llama}: 100%" in proc.stderr
