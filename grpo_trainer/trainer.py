@@ -26,7 +26,7 @@ import torch
 from accelerate.utils import gather_object, set_seed
 from transformers import get_scheduler
 
-from grpo_trainer import algo, console, distributed, lora, stopping
+from grpo_trainer import algo, console, distributed, hardware, lora, stopping
 from grpo_trainer.checkpoint import clear_run, load_checkpoint, resolve_resume, save_checkpoint
 from grpo_trainer.config import Config, save_config
 from grpo_trainer.data import DEFAULT_INSTRUCTION, PromptSampler, load_examples, render_prompts
@@ -53,6 +53,7 @@ class GRPOTrainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
+        hardware.keep_freed_memory()  # before the models: updates then reuse memory, not refault it
         self.acc = acc = distributed.make_accelerator(t.mixed_precision, t.micro_batch_size, t.max_grad_norm)
         if t.prompts_per_step % acc.num_processes:
             raise ValueError(f"trainer.prompts_per_step={t.prompts_per_step} must be divisible by the "

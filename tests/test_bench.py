@@ -61,7 +61,9 @@ def test_format_table():
             "phases_s_median": {"rollout": 20.0, "reward": 0.1, "train": 19.0, "sync": 1.0, "step": 41.25},
             "peak_rss_gib": 3.5, "cores_used_all": [1.9, 1.8, 1.85], "zero_variance_frac_all": [1.0, 0.75, 1.0],
             "colocation": {"rows": 32, "train_in_step_s": 33.0, "replayed_s": 25.5, "fwd_bwd_s": 24.0,
-                           "in_step_over_fwd_bwd": 1.375, "replayed_over_fwd_bwd": 1.0625}}
+                           "in_step_over_fwd_bwd": 1.375, "replayed_over_fwd_bwd": 1.0625,
+                           "page_faults_in_step": 1234567, "page_faults_replayed_all": [1000, 2000],
+                           "page_faults_fwd_bwd_all": [30, 40]}}
     table = format_table(_result(step))
     assert "Test CPU | 2 cores" in table
     assert "135.0M params" in table
@@ -75,6 +77,7 @@ def test_format_table():
     assert "cores 1.90, 1.80, 1.85" in table
     assert ("colocation, the last step's 32 rows: train in step 33.00 s | replayed 25.50 s | bare fwd+bwd 24.00 s "
             "-> in step 1.38x, replayed 1.06x the bare") in table
+    assert "minor page faults: in step 1,234,567 | replayed 1,000, 2,000 | bare fwd+bwd 30, 40" in table
     assert "no row was trained" not in table  # step 2 had informative groups
     step["zero_variance_frac_all"] = [1.0, 1.0, 1.0]
     assert "no row was trained" in format_table(_result(step))
@@ -171,7 +174,10 @@ def test_quick_steps_replay_the_last_update(tiny_llama: Path, tmp_path: Path):
     res = json.loads(out.read_text())
     co = res["colocation"]
     assert co["rows"] == QUICK["prompts"] * QUICK["G"]  # every row is in the loss and trained
-    assert co["train_in_step_s"] == res["phases_s_all"][-1]["train"]
+    # The in-step figure is the step's update call, timed on its own: inside its train phase.
+    assert 0 < co["train_in_step_s"] <= res["phases_s_all"][-1]["train"]
+    faults = [co["page_faults_in_step"], *co["page_faults_replayed_all"], *co["page_faults_fwd_bwd_all"]]
+    assert len(faults) == 5 and all(isinstance(n, int) and n >= 0 for n in faults)
     assert len(co["replayed_all"]) == len(co["fwd_bwd_all"]) == 2 and min(co["fwd_bwd_all"]) > 0
     assert co["replayed_s"] == min(co["replayed_all"])
     assert co["in_step_over_fwd_bwd"] == pytest.approx(co["train_in_step_s"] / co["fwd_bwd_s"], rel=1e-5)

@@ -80,9 +80,11 @@ def run_steps(args) -> dict:
         rows, cores, last = [], [], []
         run = trainer.updater.run
 
-        def keep_record(record, *a, **kw):  # the last step's rows, for the colocation figure
-            last[:] = [record]
-            return run(record, *a, **kw)
+        def keep_record(record, *a, **kw):  # the last step's rows and update clock, for the colocation figure
+            with Clock() as clock:
+                out = run(record, *a, **kw)
+            last[:] = [record, clock]
+            return out
 
         trainer.updater.run = keep_record
         try:
@@ -97,7 +99,7 @@ def run_steps(args) -> dict:
             if not args.skip_colocation:
                 print("[bench] the last update again, replayed and as bare forward+backward", file=sys.stderr,
                       flush=True)
-                colocation = time_colocation(trainer, last[0], rows[-1]["time/train"], args.mixed_precision)
+                colocation = time_colocation(trainer, last[0], last[1], args.mixed_precision)
         finally:
             trainer.reward_fn.close()
             trainer.engine.close()
@@ -238,7 +240,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from grpo_trainer.hardware import keep_freed_memory
     from grpo_trainer.models import resolve_model_path
+
+    keep_freed_memory()  # as the trainer does, so that parts 1-3 measure what a run gets
 
     args.model_path = resolve_model_path(args.model)
     if args.only == "step":

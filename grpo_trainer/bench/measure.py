@@ -4,23 +4,31 @@ takes live objects (an engine, a model) and returns a dict for the report."""
 from __future__ import annotations
 
 import math
+import resource
 import statistics
 import time
 
 from grpo_trainer.bench.report import gemm_flops, train_flops
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class Clock:
     """Wall and CPU seconds of a block (CPU: all threads of this process). On a shared machine
-    cpu / wall is how many cores the block really got, which says how far to trust its wall time."""
+    cpu / wall is how many cores the block really got, which says how far to trust its wall time.
+    `page_faults`: the minor page faults the process took meanwhile, i.e. memory the kernel had to
+    hand over (and zero) afresh instead of the allocator reusing its own."""
 
     def __enter__(self):
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.t0, self.c0, self.f0 = time.perf_counter(), time.process_time(), _minor_faults()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.t0
         self.cores_used = (time.process_time() - self.c0) / max(self.wall, 1e-9)
+        self.page_faults = _minor_faults() - self.f0
 
 
 def gemm_peaks(n: int, repeats: int, min_seconds: float, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
@@ -120,13 +128,15 @@ def time_sync(engine, model, repeats: int) -> dict:
     return {"seconds": sec, "seconds_all": times, "bytes": moved, "bytes_per_s": moved / sec}
 
 
-def time_colocation(trainer, record, in_step_s: float, mixed: str, repeats: int = 2) -> dict:
+def time_colocation(trainer, record, in_step: Clock, mixed: str, repeats: int = 2) -> dict:
     """The colocation figure: the last step's update again, on the same rows, in the trainer's
     process right after its steps (engine alive). `replayed_s`: the whole update (`updater.run`:
     loss terms, metrics, clipping, optimizer step); `fwd_bwd_s`: its bare forward+backward, part 2's
     measurement. in-step vs replayed is what the step's surroundings cost (the rollout before it);
     replayed vs bare is the update's own work around forward+backward. Interleaved, best of
-    `repeats`, since other tenants only ever slow a run down. It trains the policy further."""
+    `repeats`, since other tenants only ever slow a run down. It trains the policy further.
+    `in_step`: the Clock of `updater.run` inside the step (its train phase is that call and the
+    scheduler's step)."""
     from grpo_trainer.forward import record_micro_batches
     from grpo_trainer.step_stats import StepStats
 
@@ -139,8 +149,11 @@ def time_colocation(trainer, record, in_step_s: float, mixed: str, repeats: int 
     for _ in range(repeats):
         with Clock() as clock:
             up.run(record, trainer.beta, StepStats(), seed=0)
-        replayed.append(clock.wall)
-        bare.append(_fwd_bwd(up.model, mbs, mixed).wall)
-    return {"rows": len(rows), "train_in_step_s": in_step_s, "replayed_s": min(replayed), "fwd_bwd_s": min(bare),
-            "replayed_all": replayed, "fwd_bwd_all": bare, "in_step_over_fwd_bwd": in_step_s / min(bare),
-            "replayed_over_fwd_bwd": min(replayed) / min(bare)}
+        replayed.append(clock)
+        bare.append(_fwd_bwd(up.model, mbs, mixed))
+    best_replayed, best_bare = min(c.wall for c in replayed), min(c.wall for c in bare)
+    return {"rows": len(rows), "train_in_step_s": in_step.wall, "replayed_s": best_replayed, "fwd_bwd_s": best_bare,
+            "replayed_all": [c.wall for c in replayed], "fwd_bwd_all": [c.wall for c in bare],
+            "in_step_over_fwd_bwd": in_step.wall / best_bare, "replayed_over_fwd_bwd": best_replayed / best_bare,
+            "page_faults_in_step": in_step.page_faults, "page_faults_replayed_all": [c.page_faults for c in replayed],
+            "page_faults_fwd_bwd_all": [c.page_faults for c in bare]}
