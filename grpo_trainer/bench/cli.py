@@ -80,10 +80,10 @@ def run_steps(args) -> dict:
         rows, cores, last = [], [], []
         run = trainer.updater.run
 
-        def keep_record(record, *a, **kw):  # the last step's rows and update clock, for the colocation figure
+        def keep_record(record, *a, **kw):  # the last step's rows and page faults, for the colocation figure
             with Clock() as clock:
                 out = run(record, *a, **kw)
-            last[:] = [record, clock]
+            last[:] = [record, clock.page_faults]
             return out
 
         trainer.updater.run = keep_record
@@ -99,7 +99,8 @@ def run_steps(args) -> dict:
             if not args.skip_colocation:
                 print("[bench] the last update again, replayed and as bare forward+backward", file=sys.stderr,
                       flush=True)
-                colocation = time_colocation(trainer, last[0], last[1], args.mixed_precision)
+                colocation = time_colocation(trainer, last[0], rows[-1]["time/train"], last[1],
+                                             args.mixed_precision)
         finally:
             trainer.reward_fn.close()
             trainer.engine.close()

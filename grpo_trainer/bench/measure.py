@@ -128,15 +128,14 @@ def time_sync(engine, model, repeats: int) -> dict:
     return {"seconds": sec, "seconds_all": times, "bytes": moved, "bytes_per_s": moved / sec}
 
 
-def time_colocation(trainer, record, in_step: Clock, mixed: str, repeats: int = 2) -> dict:
+def time_colocation(trainer, record, in_step_s: float, in_step_faults: int, mixed: str, repeats: int = 2) -> dict:
     """The colocation figure: the last step's update again, on the same rows, in the trainer's
     process right after its steps (engine alive). `replayed_s`: the whole update (`updater.run`:
     loss terms, metrics, clipping, optimizer step); `fwd_bwd_s`: its bare forward+backward, part 2's
     measurement. in-step vs replayed is what the step's surroundings cost (the rollout before it);
     replayed vs bare is the update's own work around forward+backward. Interleaved, best of
     `repeats`, since other tenants only ever slow a run down. It trains the policy further.
-    `in_step`: the Clock of `updater.run` inside the step (its train phase is that call and the
-    scheduler's step)."""
+    `in_step_s`: the step's train phase; `in_step_faults`: the page faults of its `updater.run`."""
     from grpo_trainer.forward import record_micro_batches
     from grpo_trainer.step_stats import StepStats
 
@@ -152,8 +151,8 @@ def time_colocation(trainer, record, in_step: Clock, mixed: str, repeats: int = 
         replayed.append(clock)
         bare.append(_fwd_bwd(up.model, mbs, mixed))
     best_replayed, best_bare = min(c.wall for c in replayed), min(c.wall for c in bare)
-    return {"rows": len(rows), "train_in_step_s": in_step.wall, "replayed_s": best_replayed, "fwd_bwd_s": best_bare,
+    return {"rows": len(rows), "train_in_step_s": in_step_s, "replayed_s": best_replayed, "fwd_bwd_s": best_bare,
             "replayed_all": [c.wall for c in replayed], "fwd_bwd_all": [c.wall for c in bare],
-            "in_step_over_fwd_bwd": in_step.wall / best_bare, "replayed_over_fwd_bwd": best_replayed / best_bare,
-            "page_faults_in_step": in_step.page_faults, "page_faults_replayed_all": [c.page_faults for c in replayed],
+            "in_step_over_fwd_bwd": in_step_s / best_bare, "replayed_over_fwd_bwd": best_replayed / best_bare,
+            "page_faults_in_step": in_step_faults, "page_faults_replayed_all": [c.page_faults for c in replayed],
             "page_faults_fwd_bwd_all": [c.page_faults for c in bare]}
