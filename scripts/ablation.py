@@ -2,6 +2,7 @@
 
     python scripts/ablation.py                                # the ladder, sized for 2 CPU cores
     python scripts/ablation.py --extra gspo cispo ppo         # and other objectives on top of DAPO
+    python scripts/ablation.py --extra gspo --extra-seeds 1   # ... with fewer seeds than the ladder
     python scripts/ablation.py --steps 40 --seeds 4 --model PATH --set trainer.prompts_per_step=8
     python scripts/ablation.py --report-only                  # the table and plot from finished runs
 
@@ -16,9 +17,11 @@ policy that sampled is the policy being updated, the ratio is exactly 1, and cli
 to the clip range) could not act at all.
 
 The untrained model is scored once on the same held-out problems, with the same settings, through
-`python -m grpo_trainer.evaluate` (first row). Per rung: accuracy pooled over seeds with a 95 % Wilson interval over the seeds x problems
-answers, each seed's own figure, and the exact paired sign test (McNemar's for greedy answers)
-against the row above and against naive GRPO, pairing each problem under the same seed. Writes
+`python -m grpo_trainer.evaluate` (first row). Per rung: accuracy pooled over seeds with a 95 %
+Wilson interval over the seeds x problems answers, each seed's own figure, and the exact paired
+sign test (McNemar's for greedy answers) against the row above and against naive GRPO, pairing
+each problem under the same seed (an --extra row, which may have fewer seeds, is paired with DAPO
+on the seeds both ran). Writes
 OUT/ladder.json, OUT/ladder.md and OUT/ladder.png. A run whose held-out result exists is not run
 again, so an interrupted ladder continues where it stopped (a half-finished run starts over).
 """
@@ -80,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-samples", type=int, default=4, help="n of avg@n (0: greedy pass@1 only)")
     p.add_argument("--rungs", nargs="+", default=[s for s, *_ in LADDER], choices=[s for s, *_ in LADDER])
     p.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRAS))
+    p.add_argument("--extra-seeds", type=int, default=None, help="seeds of the --extra rows (default: --seeds); "
+                   "they are paired with the rungs on the seeds they share")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more recipe overrides, every run")
     p.add_argument("--keep-checkpoints", action="store_true", help="default: a run's checkpoints are deleted "
                    "once its held-out result is written (0.5-1.5 GB each for the 135M model)")
@@ -91,6 +96,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "seeds", "prompts_per_step", "generations", "max_tokens", "mini_batches", "eval_examples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.extra_seeds is None:
+        args.extra_seeds = args.seeds
+    if not 1 <= args.extra_seeds <= args.seeds:
+        p.error(f"--extra-seeds must be between 1 and --seeds ({args.seeds})")
     if args.eval_samples < 0:
         p.error("--eval-samples must be >= 0")
     return args
@@ -116,6 +125,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
     runs = []
     for seed in range(args.seeds):
         for slug, label, paper, overrides in rungs:
+            if slug in EXTRAS and seed >= args.extra_seeds:
+                continue
             out = Path(args.out) / slug / f"seed{seed}"
             sets = {**common, **overrides, "rollout.seed": seed, "trainer.output_dir": str(out)}
             argv = ["--recipe", args.recipe, "trainer.overwrite=true",
@@ -230,10 +241,11 @@ def summarize(runs: list[dict], steps: int, base: dict | None = None) -> list[di
         for kind in ("greedy", "sampled"):
             if any(entry["seeds"][s][kind] is None for s in seeds):
                 continue
-            pooled = [x for s in seeds for x in scores(entry["seeds"][s][kind])]
+            by_seed = {s: scores(entry["seeds"][s][kind]) for s in seeds}
+            pooled = [x for s in seeds for x in by_seed[s]]
             acc = sum(pooled) / len(pooled)
             row[kind] = {"accuracy": acc, "ci": list(wilson_interval(acc, len(pooled))), "n": len(pooled),
-                         "per_seed": [entry["seeds"][s][kind]["accuracy"] for s in seeds], "scores": pooled}
+                         "per_seed": [entry["seeds"][s][kind]["accuracy"] for s in seeds], "by_seed": by_seed}
         if entry["slug"] == "base":
             row["wall_min"], row["train_s_per_step"] = 0.0, None
         else:
@@ -241,8 +253,10 @@ def summarize(runs: list[dict], steps: int, base: dict | None = None) -> list[di
             row["train_s_per_step"] = sum(entry["seeds"][s]["train_s"] for s in seeds) / (len(seeds) * steps)
         for kind in ("greedy", "sampled"):
             for name, other in (("vs_previous", prev), ("vs_naive", first)):
-                if other not in (None, row) and kind in row and kind in other and row[kind]["n"] == other[kind]["n"]:
-                    row[kind][name] = paired_test(other[kind]["scores"], row[kind]["scores"])
+                if other not in (None, row) and kind in row and kind in other:
+                    pairs = paired_scores(other[kind]["by_seed"], row[kind]["by_seed"])
+                    if pairs:
+                        row[kind][name] = paired_test(*pairs)
         table.append(row)
         if entry["slug"] in ("base", *(slug for slug, *_ in LADDER)):  # extras: each vs the rung before them
             prev = row
@@ -251,10 +265,20 @@ def summarize(runs: list[dict], steps: int, base: dict | None = None) -> list[di
     return table
 
 
+def paired_scores(first: dict, second: dict) -> tuple[list, list] | None:
+    """Two rows' per-problem scores on the seeds both ran (an --extra row may have fewer), in the
+    same (seed, problem) order; None when they share no seed or their problems differ."""
+    common = sorted(set(first) & set(second))
+    if not common or any(len(first[s]) != len(second[s]) for s in common):
+        return None
+    return [x for s in common for x in first[s]], [x for s in common for x in second[s]]
+
+
 def markdown(table: list[dict], args: argparse.Namespace, total_min: float) -> str:
-    n_sampled = f"avg@{args.eval_samples}"
-    lines = [f"| rung | paper (AIME avg@32) | greedy pass@1 [95 % CI] | {n_sampled} [95 % CI] | per seed (greedy) "
-             f"| vs rung above (greedy: better/worse, p) | vs naive (p) | s/step |", "|---" * 8 + "|"]
+    sampled = f" avg@{args.eval_samples} [95 % CI] |" if args.eval_samples else ""  # no column when not run
+    lines = [f"| rung | paper (AIME avg@32) | greedy pass@1 [95 % CI] |{sampled} per seed (greedy) "
+             f"| vs rung above (greedy: better/worse, p) | vs naive (p) | s/step |",
+             "|---" * (8 if sampled else 7) + "|"]
     for row in table:
         def cell(kind):
             if kind not in row:
@@ -269,10 +293,13 @@ def markdown(table: list[dict], args: argparse.Namespace, total_min: float) -> s
         vs_naive = f"p={naive['p_value']:.2g}" if naive else "–"
         seeds = ", ".join(f"{x:.3f}" for x in g.get("per_seed", []))
         lines.append(f"| {row['label']} | {row['paper'] if row['paper'] is not None else '–'} | {cell('greedy')} | "
-                     f"{cell('sampled')} | {seeds} | {vs_prev} | {vs_naive} | "
+                     f"{cell('sampled') + ' | ' if sampled else ''}{seeds} | {vs_prev} | {vs_naive} | "
                      f"{'–' if row['train_s_per_step'] is None else format(row['train_s_per_step'], '.1f')} |")
     lines.append("")
-    lines.append(f"{args.seeds} seeds x {args.eval_examples} held-out problems per rung; {args.steps} steps of "
+    extras = f" ({args.extra_seeds} for the extra rows, paired on the seeds they share)" if (
+        args.extra and args.extra_seeds != args.seeds) else ""
+    seed_text = f"{args.seeds} seed{'s' if args.seeds > 1 else ''}{extras}"
+    lines.append(f"{seed_text} x {args.eval_examples} held-out problems per rung; {args.steps} steps of "
                  f"{args.prompts_per_step} prompts x G={args.generations}, {args.max_tokens} tokens, "
                  f"{args.mini_batches} mini-batches per rollout batch, difficulty {args.difficulty}; "
                  f"{total_min:.0f} min of runs in all.")
@@ -300,7 +327,8 @@ def plot(table: list[dict], path: Path, args: argparse.Namespace) -> None:
         ax.plot(*zip(*seeds), "x", color="tab:blue", alpha=0.5, ms=5, label="greedy pass@1, each seed")
     ax.set_xticks(list(xs), [row["label"] for row in table], rotation=20, ha="right")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"DAPO ladder, {args.seeds} seeds x {args.eval_examples} problems, {args.steps} steps each")
+    extras = f" ({args.extra_seeds} for the extra rows)" if args.extra and args.extra_seeds != args.seeds else ""
+    ax.set_title(f"DAPO ladder, {args.seeds} seeds{extras} x {args.eval_examples} problems, {args.steps} steps each")
     paper = [(x, row["paper"]) for x, row in zip(xs, table) if row["paper"] is not None]
     twin = ax.twinx()
     twin.plot([x for x, _ in paper], [p for _, p in paper], "s--", color="gray", label="paper: AIME avg@32 (right)")
@@ -335,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(table, args, total_min)
     (out / "ladder.md").write_text(text)
     (out / "ladder.json").write_text(json.dumps({"args": vars(args), "table": [
-        {k: ({kk: vv for kk, vv in v.items() if kk != "scores"} if isinstance(v, dict) else v) for k, v in row.items()}
+        {k: ({kk: vv for kk, vv in v.items() if kk != "by_seed"} if isinstance(v, dict) else v) for k, v in row.items()}
         for row in table]}, indent=1) + "\n")
     plot(table, out / "ladder.png", args)
     print(text, end="")

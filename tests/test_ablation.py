@@ -104,6 +104,35 @@ def test_the_table_pools_seeds_and_pairs_problems(tmp_path):
     assert wait == 2  # seed 2 never ran
 
 
+def test_extra_rows_with_fewer_seeds_pair_with_dapo_on_the_seeds_they_share(tmp_path):
+    runs = ablation.plan(ablation.parse_args(["--seeds", "2", "--extra", "gspo", "cispo", "--extra-seeds", "1",
+                                              "--out", "/x"]))
+    assert [(r["slug"], r["seed"]) for r in runs if r["slug"] in ("gspo", "cispo")] == [("gspo", 0), ("cispo", 0)]
+    assert len(runs) == 6 * 2 + 2
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--seeds", "2", "--extra-seeds", "3"])
+    # DAPO right on problems 0, 1 (seed 0) and 2, 3 (seed 1); GSPO (seed 0 only) right on 1, 2, 3: against
+    # DAPO's seed 0 it gained problems 2 and 3 and lost problem 0. Seed 1 of DAPO has no pair.
+    fake_run(tmp_path / "dynamic_sampling" / "seed0", [1, 1, 0, 0], [(1, 2)] * 4)
+    fake_run(tmp_path / "dynamic_sampling" / "seed1", [0, 0, 1, 1], [(1, 2)] * 4)
+    fake_run(tmp_path / "gspo" / "seed0", [0, 1, 1, 1], [(2, 2)] * 4)
+    assert ablation.main(["--seeds", "2", "--steps", "1", "--rungs", "dynamic_sampling", "--extra", "gspo",
+                          "--extra-seeds", "1", "--eval-samples", "2", "--out", str(tmp_path), "--no-base",
+                          "--report-only"]) == 0
+    dapo, gspo = json.loads((tmp_path / "ladder.json").read_text())["table"]
+    assert dapo["greedy"]["n"] == 8 and gspo["greedy"]["n"] == 4 and gspo["greedy"]["per_seed"] == [0.75]
+    vs = gspo["greedy"]["vs_previous"]
+    assert (vs["n"], vs["gained"], vs["lost"]) == (4, 2, 1)
+    assert gspo["sampled"]["vs_previous"]["n"] == 4
+    assert "2 seeds (1 for the extra rows, paired on the seeds they share)" in (tmp_path / "ladder.md").read_text()
+    # Greedy only (--eval-samples 0): no avg@n column, every row as wide as the header.
+    assert ablation.main(["--seeds", "2", "--steps", "1", "--rungs", "dynamic_sampling", "--extra", "gspo",
+                          "--extra-seeds", "1", "--eval-samples", "0", "--out", str(tmp_path), "--no-base",
+                          "--report-only"]) == 0
+    rows = [line for line in (tmp_path / "ladder.md").read_text().splitlines() if line.startswith("|")]
+    assert "avg@2" not in rows[0] and {line.count("|") for line in rows} == {8}
+
+
 def test_the_untrained_model_is_scored_as_the_trainer_scores_each_run():
     args = ablation.parse_args(["--difficulty", "2", "--max-tokens", "80", "--eval-examples", "50",
                                 "--eval-samples", "3", "--out", "/x", "--set", "rollout.temperature=0.9"])
