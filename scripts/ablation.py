@@ -274,6 +274,14 @@ def paired_scores(first: dict, second: dict) -> tuple[list, list] | None:
     return [x for s in common for x in first[s]], [x for s in common for x in second[s]]
 
 
+def seeds_text(args: argparse.Namespace, detail: str = "") -> str:
+    """'2 seeds', or '2 seeds (1 for the extra rows{detail})' when --extra-seeds differs."""
+    text = f"{args.seeds} seed{'s' if args.seeds > 1 else ''}"
+    if args.extra and args.extra_seeds != args.seeds:
+        text += f" ({args.extra_seeds} for the extra rows{detail})"
+    return text
+
+
 def markdown(table: list[dict], args: argparse.Namespace, total_min: float) -> str:
     sampled = f" avg@{args.eval_samples} [95 % CI] |" if args.eval_samples else ""  # no column when not run
     lines = [f"| rung | paper (AIME avg@32) | greedy pass@1 [95 % CI] |{sampled} per seed (greedy) "
@@ -296,10 +304,8 @@ def markdown(table: list[dict], args: argparse.Namespace, total_min: float) -> s
                      f"{cell('sampled') + ' | ' if sampled else ''}{seeds} | {vs_prev} | {vs_naive} | "
                      f"{'–' if row['train_s_per_step'] is None else format(row['train_s_per_step'], '.1f')} |")
     lines.append("")
-    extras = f" ({args.extra_seeds} for the extra rows, paired on the seeds they share)" if (
-        args.extra and args.extra_seeds != args.seeds) else ""
-    seed_text = f"{args.seeds} seed{'s' if args.seeds > 1 else ''}{extras}"
-    lines.append(f"{seed_text} x {args.eval_examples} held-out problems per rung; {args.steps} steps of "
+    lines.append(f"{seeds_text(args, ', paired on the seeds they share')} x {args.eval_examples} held-out "
+                 f"problems per rung; {args.steps} steps of "
                  f"{args.prompts_per_step} prompts x G={args.generations}, {args.max_tokens} tokens, "
                  f"{args.mini_batches} mini-batches per rollout batch, difficulty {args.difficulty}; "
                  f"{total_min:.0f} min of runs in all.")
@@ -327,8 +333,7 @@ def plot(table: list[dict], path: Path, args: argparse.Namespace) -> None:
         ax.plot(*zip(*seeds), "x", color="tab:blue", alpha=0.5, ms=5, label="greedy pass@1, each seed")
     ax.set_xticks(list(xs), [row["label"] for row in table], rotation=20, ha="right")
     ax.set_ylabel("held-out accuracy")
-    extras = f" ({args.extra_seeds} for the extra rows)" if args.extra and args.extra_seeds != args.seeds else ""
-    ax.set_title(f"DAPO ladder, {args.seeds} seeds{extras} x {args.eval_examples} problems, {args.steps} steps each")
+    ax.set_title(f"DAPO ladder, {seeds_text(args)} x {args.eval_examples} problems, {args.steps} steps each")
     paper = [(x, row["paper"]) for x, row in zip(xs, table) if row["paper"] is not None]
     twin = ax.twinx()
     twin.plot([x for x, _ in paper], [p for _, p in paper], "s--", color="gray", label="paper: AIME avg@32 (right)")
