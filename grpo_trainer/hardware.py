@@ -35,10 +35,13 @@ def keep_freed_memory() -> bool:
     it back to the kernel. torch's CPU allocator does not cache: every tensor is a malloc, which
     glibc serves above its mmap threshold (32 MB at most) with a fresh mapping, unmapped on free,
     so each micro-batch's activations and logits were faulted in and zeroed by the kernel again.
-    No mmap, and no trimming of under 2 GiB (the most mallopt takes), end that. Measured with the
-    equivalent GLIBC_TUNABLES by the bench's colocation replay (2026-12-02, 2-core AVX2, 16 rows,
-    fp32): 0.5-1.4 M minor page faults per update became 0, bare forward+backward 43.6 and 47.0 s
-    became 37.7 and 39.5 s, peak RSS 7.03 -> 7.11 GiB (README "Speed"). tcmalloc and jemalloc do
+    No mmap and no trimming end that. Trimming is off at a threshold of -1 (mallopt(3)); the
+    2 GiB used before (the largest positive value) still let an fp32 update of 32 rows, which frees
+    more than that at once, be handed back and faulted in again: 0.56 M faults in the step's
+    update, 1.27x its bare forward+backward, against 0 faults and 1.04x with -1 (2026-12-02,
+    2-core AMX machine, README "Speed"). The first measurement, with the equivalent GLIBC_TUNABLES
+    (2-core AVX2, 16 rows): 0.5-1.4 M faults per update became 0, bare forward+backward 43.6 and
+    47.0 s became 37.7 and 39.5 s, peak RSS 7.03 -> 7.11 GiB. tcmalloc and jemalloc do
     the same, as a dependency. GRPO_TRAINER_MALLOC_DEFAULT=1 leaves glibc as it is. True when applied."""
     if os.environ.get("GRPO_TRAINER_MALLOC_DEFAULT") == "1" or platform.system() != "Linux":
         return False
@@ -47,4 +50,4 @@ def keep_freed_memory() -> bool:
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,8 @@ from grpo_trainer.bench import (
     QUICK,
     format_table,
     gemm_flops,
+    linear_flops,
+    linear_shapes,
     parse_args,
     step_overrides,
     to_json,
@@ -32,6 +35,14 @@ def test_flop_formulas():
     assert train_flops(134_515_008, 7_000) == 5_649_630_336_000
     # 2 * 2048**3 = 2 * 8_589_934_592
     assert gemm_flops(2048) == 17_179_869_184
+    # SmolLM2-135M: per layer q, o 576*576, k, v 576*192 (3 KV heads of 64), gate, up, down
+    # 576*1536 -> 3_538_944, times 30 = 106_168_320, LM head 576*49_152 = 28_311_552: 134_479_872,
+    # the 134_515_008 parameters less 61 norms of 576
+    smollm2 = SimpleNamespace(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                              intermediate_size=1536, vocab_size=49_152)
+    shapes = linear_shapes(smollm2)
+    assert sum(k * n * count for k, n, count in shapes) == 134_479_872 == 134_515_008 - 61 * 576
+    assert linear_flops(shapes, 1_000) == 6 * 1_000 * 134_479_872
 
 
 def test_to_json_drops_non_finite_and_rounds():
@@ -150,6 +161,10 @@ def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
     assert tr["tokens"] == sum(res["prompt_tokens"]) + generated
     assert tr["row_tokens"] == G * sum(res["prompt_tokens"]) + generated
     assert tr["flops"] == pytest.approx(6 * 6_587_008 * tr["tokens"], rel=1e-5)
+    # The same model's linear GEMMs alone, at the one micro-batch's rows: the parameters less 5 norms of 128
+    gemms = tr["model_gemms"]
+    assert gemms["tokens"] == tr["tokens"] and gemms["flops"] == pytest.approx(6 * 6_586_368 * tr["tokens"], rel=1e-5)
+    assert gemms["flops_per_s"] > 0 and gemms["peak_fraction"] > 0 and "linear GEMMs alone" in proc.stdout
     assert tr["tokens_per_s"] > 0 and tr["flops_per_s"] > 0 and tr["peak_fraction"] > 0
     # bf16 is measured only where the CPU multiplies it natively (else about a minute per matmul).
     assert tr["gemm_peak_flops_per_s"]["float32"] > 0

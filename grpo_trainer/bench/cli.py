@@ -2,7 +2,8 @@
 
 1. rollout tokens/s: the vLLM engine vs transformers `generate` (P x G completions, EOS allowed);
 2. trainer tokens/s: forward+backward of the policy on those completions (micro-batches of 8),
-   the implied FLOP rate 6*N*tokens and its fraction of the measured 2048^2 GEMM peak;
+   the implied FLOP rate 6*N*tokens and its fraction of the measured 2048^2 GEMM peak, beside the
+   rate of the model's own linear GEMMs alone (the ceiling its shapes allow);
 3. weight sync: seconds and bytes to push the policy into the vLLM engine;
 4. full `GRPOTrainer.train_step()`s split into phases, with peak RSS. They run in a child process
    (`--only step`) so that the trainer's own vLLM engine never shares a process with part 1's,
@@ -35,8 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from grpo_trainer.bench.measure import Clock, gemm_peaks, time_colocation, time_rollout, time_sync, time_train
-from grpo_trainer.bench.report import PHASES, format_table, machine_info, median, to_json
+from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, time_colocation, time_rollout, time_sync,
+                                        time_train)
+from grpo_trainer.bench.report import PHASES, format_table, linear_shapes, machine_info, median, to_json
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT_DIR = Path("runs/bench")  # relative to the current directory, like recipes' runs/...
@@ -197,6 +199,10 @@ def run_parts_1_to_3(args) -> dict:
     peaks = {k: max(run[k] for run in gemm_runs) for k in gemm_runs[0]}
     train.update(gemm_n=args.gemm_n, gemm_peak_flops_per_s=peaks, gemm_runs=gemm_runs, peak_dtype=peak_dtype,
                  peak_fraction=train["flops_per_s"] / peaks[peak_dtype], threads=torch.get_num_threads())
+    # The same GEMMs alone, at a micro-batch's rows: how much of the peak this model's shapes allow.
+    shapes = model_gemm_rate(linear_shapes(policy.config), train["tokens"] // train["micro_batches"], peak_dtype,
+                             args.gemm_repeats)
+    train["model_gemms"] = {**shapes, "peak_fraction": shapes["flops_per_s"] / peaks[peak_dtype]}
     result["train"] = train
     return result
 

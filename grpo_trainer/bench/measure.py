@@ -8,7 +8,7 @@ import resource
 import statistics
 import time
 
-from grpo_trainer.bench.report import gemm_flops, train_flops
+from grpo_trainer.bench.report import gemm_flops, linear_flops, train_flops
 
 
 def _minor_faults() -> int:
@@ -49,6 +49,28 @@ def gemm_peaks(n: int, repeats: int, min_seconds: float, dtypes: tuple[str, ...]
             best, spent, i = min(best, dt), spent + dt, i + 1
         peaks[name] = gemm_flops(n) / best
     return peaks
+
+
+def model_gemm_rate(shapes: list[tuple[int, int, int]], tokens: int, dtype: str, repeats: int) -> dict:
+    """Best FLOP/s of the model's own linear GEMMs alone (`report.linear_shapes`), forward and both
+    backward products, `tokens` rows each (a micro-batch's): the ceiling forward+backward could
+    reach if everything else (attention, norms, casts, the loss) took no time. Narrow models' GEMMs
+    fall well short of a 2048^2 matmul's rate, most of all with bf16 tiles."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    seconds = 0.0
+    for k, n, count in shapes:
+        x, w, g = torch.randn(tokens, k).to(dt), torch.randn(n, k).to(dt), torch.randn(tokens, n).to(dt)
+        x @ w.t(), g @ w, g.t() @ x  # the first call picks and packs the kernels
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x @ w.t(), g @ w, g.t() @ x
+            best = min(best, time.perf_counter() - t0)
+        seconds += best * count
+    flops = linear_flops(shapes, tokens)
+    return {"tokens": tokens, "dtype": dtype, "flops": flops, "seconds": seconds, "flops_per_s": flops / seconds}
 
 
 def _autocast(mixed: str):

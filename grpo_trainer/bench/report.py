@@ -25,6 +25,24 @@ def gemm_flops(n: int) -> float:
     return 2.0 * n ** 3
 
 
+def linear_shapes(config) -> list[tuple[int, int, int]]:
+    """(in, out, count) of every weight matrix a Llama/Qwen2-style decoder multiplies by: per layer
+    q, k, v, o and the gated MLP's gate, up and down; once the LM head. These GEMMs are the
+    6*N*tokens of `train_flops` (the embedding lookup aside, which a tied LM head repeats)."""
+    d, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q = config.num_attention_heads * head_dim
+    kv = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    ff = config.intermediate_size
+    return [(d, q, layers), (d, kv * head_dim, 2 * layers), (q, d, layers), (d, ff, 2 * layers), (ff, d, layers),
+            (d, config.vocab_size, 1)]
+
+
+def linear_flops(shapes: list[tuple[int, int, int]], tokens: int) -> float:
+    """Forward+backward FLOPs of those GEMMs over `tokens` rows: x@W.T, then g@W and g.T@x."""
+    return sum(3 * 2.0 * tokens * k * n * count for k, n, count in shapes)
+
+
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -84,6 +102,10 @@ def format_table(result: dict) -> str:
     lines.append(f"  {_si(t['flops_per_s'], 'FLOP/s')} (6*N*tokens) vs GEMM peak "
                  + ", ".join(f"{k} {_si(v, 'FLOP/s')}" for k, v in t["gemm_peak_flops_per_s"].items())
                  + f" -> {100 * t['peak_fraction']:.1f}% of the {t['peak_dtype']} peak")
+    g = t.get("model_gemms")
+    if g:
+        lines.append(f"  the model's linear GEMMs alone ({g['tokens']} rows, fwd+bwd): {_si(g['flops_per_s'], 'FLOP/s')}"
+                     f" = {100 * g['peak_fraction']:.1f}% of that peak, the ceiling for forward+backward")
     s = result["sync"]
     lines.append(row.format("weight sync", _si(s["bytes"], "B"), _secs(s["seconds"]),
                             _si(s["bytes_per_s"], "B/s"), ""))
