@@ -43,6 +43,7 @@ def test_flop_formulas():
     shapes = linear_shapes(smollm2)
     assert sum(k * n * count for k, n, count in shapes) == 134_479_872 == 134_515_008 - 61 * 576
     assert linear_flops(shapes, 1_000) == 6 * 1_000 * 134_479_872
+    assert linear_shapes(SimpleNamespace(hidden_size=768, n_layer=12)) == []  # not Llama-shaped: no line
 
 
 def test_to_json_drops_non_finite_and_rounds():

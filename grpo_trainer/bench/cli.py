@@ -200,9 +200,10 @@ def run_parts_1_to_3(args) -> dict:
     train.update(gemm_n=args.gemm_n, gemm_peak_flops_per_s=peaks, gemm_runs=gemm_runs, peak_dtype=peak_dtype,
                  peak_fraction=train["flops_per_s"] / peaks[peak_dtype], threads=torch.get_num_threads())
     # The same GEMMs alone, at a micro-batch's rows: how much of the peak this model's shapes allow.
-    shapes = model_gemm_rate(linear_shapes(policy.config), train["tokens"] // train["micro_batches"], peak_dtype,
-                             args.gemm_repeats)
-    train["model_gemms"] = {**shapes, "peak_fraction": shapes["flops_per_s"] / peaks[peak_dtype]}
+    shapes = linear_shapes(policy.config)
+    if shapes:
+        gemms = model_gemm_rate(shapes, train["tokens"] // train["micro_batches"], peak_dtype, args.gemm_repeats)
+        train["model_gemms"] = {**gemms, "peak_fraction": gemms["flops_per_s"] / peaks[peak_dtype]}
     result["train"] = train
     return result
 

@@ -28,7 +28,11 @@ def gemm_flops(n: int) -> float:
 def linear_shapes(config) -> list[tuple[int, int, int]]:
     """(in, out, count) of every weight matrix a Llama/Qwen2-style decoder multiplies by: per layer
     q, k, v, o and the gated MLP's gate, up and down; once the LM head. These GEMMs are the
-    6*N*tokens of `train_flops` (the embedding lookup aside, which a tied LM head repeats)."""
+    6*N*tokens of `train_flops` (the embedding lookup aside, which a tied LM head repeats). Empty
+    for a config without those fields (another architecture): the bench then leaves the line out."""
+    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    if not all(getattr(config, name, None) for name in needed):
+        return []
     d, layers = config.hidden_size, config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
     q = config.num_attention_heads * head_dim
@@ -104,8 +108,9 @@ def format_table(result: dict) -> str:
                  + f" -> {100 * t['peak_fraction']:.1f}% of the {t['peak_dtype']} peak")
     g = t.get("model_gemms")
     if g:
-        lines.append(f"  the model's linear GEMMs alone ({g['tokens']} rows, fwd+bwd): {_si(g['flops_per_s'], 'FLOP/s')}"
-                     f" = {100 * g['peak_fraction']:.1f}% of that peak, the ceiling for forward+backward")
+        lines.append(f"  the model's linear GEMMs alone ({g['tokens']} rows, fwd+bwd): "
+                     f"{_si(g['flops_per_s'], 'FLOP/s')} = {100 * g['peak_fraction']:.1f}% of that peak, "
+                     "the ceiling for forward+backward")
     s = result["sync"]
     lines.append(row.format("weight sync", _si(s["bytes"], "B"), _secs(s["seconds"]),
                             _si(s["bytes_per_s"], "B/s"), ""))
