@@ -31,6 +31,20 @@ class Clock:
         self.page_faults = _minor_faults() - self.f0
 
 
+def _best_seconds(fn, repeats: int, min_seconds: float = 0.0) -> float:
+    """Fastest of at least `repeats` calls of `fn` (and of `min_seconds` of them, at most 100 calls),
+    after one untimed call that picks and packs the kernels. Best-of, since other tenants only ever
+    slow a run down."""
+    fn()
+    best, spent, i = math.inf, 0.0, 0
+    while i < repeats or (spent < min_seconds and i < 100):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, spent, i = min(best, dt), spent + dt, i + 1
+    return best
+
+
 def gemm_peaks(n: int, repeats: int, min_seconds: float, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict:
     """Best FLOP/s of an n x n matmul in each dtype, over at least `repeats` timings and
     `min_seconds` of them: the ceiling a dense model can reach. Best-of, since other tenants only
@@ -40,14 +54,7 @@ def gemm_peaks(n: int, repeats: int, min_seconds: float, dtypes: tuple[str, ...]
     peaks = {}
     for name in dtypes:
         a, b = (torch.randn(n, n).to(getattr(torch, name)) for _ in range(2))
-        torch.mm(a, b)  # first call picks and packs the kernel
-        best, spent, i = math.inf, 0.0, 0
-        while i < repeats or (spent < min_seconds and i < 100):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            dt = time.perf_counter() - t0
-            best, spent, i = min(best, dt), spent + dt, i + 1
-        peaks[name] = gemm_flops(n) / best
+        peaks[name] = gemm_flops(n) / _best_seconds(lambda: torch.mm(a, b), repeats, min_seconds)
     return peaks
 
 
@@ -62,13 +69,7 @@ def model_gemm_rate(shapes: list[tuple[int, int, int]], tokens: int, dtype: str,
     seconds = 0.0
     for k, n, count in shapes:
         x, w, g = torch.randn(tokens, k).to(dt), torch.randn(n, k).to(dt), torch.randn(tokens, n).to(dt)
-        x @ w.t(), g @ w, g.t() @ x  # the first call picks and packs the kernels
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            x @ w.t(), g @ w, g.t() @ x
-            best = min(best, time.perf_counter() - t0)
-        seconds += best * count
+        seconds += count * _best_seconds(lambda: (x @ w.t(), g @ w, g.t() @ x), repeats)
     flops = linear_flops(shapes, tokens)
     return {"tokens": tokens, "dtype": dtype, "flops": flops, "seconds": seconds, "flops_per_s": flops / seconds}
 
