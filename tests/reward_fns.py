@@ -71,3 +71,20 @@ def fails_on_second_call(completions, completion_ids, **kwargs):
 def reads_missing_column(completions, **kwargs):
     # Expects a dataset column the data does not have: a KeyError inside user code.
     return [float(s) for s in kwargs["score"]]
+
+
+def even_token_fraction_gated(completions, completion_ids, **kwargs):
+    # even_token_fraction that, while the file named by $GRPO_TEST_GATE exists, holds the step in
+    # the middle (after sampling, before the update) so a test can signal it there for sure; it
+    # writes <gate>.held first so the test knows. Without the variable it is even_token_fraction.
+    import os
+    import time
+    from pathlib import Path
+
+    gate = os.environ.get("GRPO_TEST_GATE")
+    if gate and Path(gate).exists():
+        Path(gate + ".held").touch()
+        end = time.monotonic() + 60
+        while Path(gate).exists() and time.monotonic() < end:
+            time.sleep(0.01)
+    return even_token_fraction(completions, completion_ids)

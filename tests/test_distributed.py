@@ -232,8 +232,12 @@ def test_ppo_critic_and_policy_update_the_same_in_1_vs_4_micro_batches_and_1_vs_
         _close(one["critic"], other["critic"], f"critic, {name}")
         for key in ("critic/explained_var", "critic/grad_norm", "train/grad_norm"):
             assert other["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5), (name, key)
-        for key in ("critic/value_loss", "train/loss"):  # float32 sums over micro-batches, in another order
-            assert other["metrics"][key] == pytest.approx(one["metrics"][key], abs=1e-6), (name, key)
+        # The second mini-batch's loss is taken through the updated policy's log-probs, about -12 on
+        # the random tiny model's 49k vocabulary: float32 resolves them to ~1e-6, and another batch
+        # shape (another GEMM blocking; AVX-512 and AMX kernels differ here) moves each ratio by that
+        # much: 1.4e-6 on a loss of 8.3e-3 was measured on an AMX machine. 1e-5 is still 0.1 % of it.
+        assert other["metrics"]["critic/value_loss"] == pytest.approx(one["metrics"]["critic/value_loss"], abs=1e-6)
+        assert other["metrics"]["train/loss"] == pytest.approx(one["metrics"]["train/loss"], abs=1e-5), name
 
 
 def test_ppo_critic_is_refused_under_zero3_in_one_line(tiny_llama: Path, tmp_path: Path):

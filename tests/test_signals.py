@@ -102,7 +102,8 @@ def test_a_second_run_in_a_held_directory_is_refused_with_the_holders_pid(tmp_pa
 @pytest.mark.slow
 def test_sigint_stops_at_the_end_of_a_step_and_resume_continues(forker, tiny_llama, tmp_path, capsys):
     run = tmp_path / "run"
-    args = argv(tiny_llama, run, 6, "trainer.save_every=3", "trainer.keep_last=10", "trainer.eval_every=0")
+    args = argv(tiny_llama, run, 6, "trainer.save_every=3", "trainer.keep_last=10", "trainer.eval_every=0",
+                "reward.functions=[{name: 'tests.reward_fns:even_token_fraction_gated'}]")
     pid = forker.start(args)
     wait_for(lambda: steps_logged(run), 60, "step 1")
     # The live run holds the directory: a second one is refused and deletes nothing.
@@ -122,13 +123,18 @@ def test_sigint_stops_at_the_end_of_a_step_and_resume_continues(forker, tiny_lla
     saved = only_complete_checkpoints(run)
     assert saved == sorted({*range(3, stopped + 1, 3), stopped})
 
-    # Resumed, then stopped by two quick signals: the second one ends it at once, mid-step.
-    pid = forker.start(args + ["resume=auto"])
-    wait_for(lambda: (steps_logged(run) or [0])[-1] > stopped, 60, "a step after the resume")
+    # Resumed, then stopped by a second signal mid-step: it ends the run at once. The step is held
+    # in its reward function (a gate file) until both signals are in. The second is sent after the
+    # first one's message, as a user does: two signals before Python runs its handler are one.
+    gate = tmp_path / "gate"
+    gate.touch()
+    pid = forker.start(args + ["resume=auto"], {"GRPO_TEST_GATE": str(gate)})
+    wait_for(lambda: Path(f"{gate}.held").exists(), 60, "the first step after the resume")
     os.kill(pid, signal.SIGINT)
-    time.sleep(0.05)
+    wait_for(lambda: "SIGINT received: stopping" in forker.log.read_text(), 30, "the first SIGINT's message")
     os.kill(pid, signal.SIGINT)
     assert forker.wait() == 128 + signal.SIGINT
+    gate.unlink()
     log = forker.log.read_text()
     no_traceback(log)
     assert log.strip().splitlines()[-1] == ("stopped by SIGINT before a step completed; complete checkpoints are "
