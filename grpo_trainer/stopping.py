@@ -13,8 +13,9 @@
 Reaching the trainer through its launcher. torch's elastic agent (multi-process `accelerate
 launch`, torchrun) passes SIGINT/SIGTERM/SIGHUP on to its workers and SIGKILLs them after
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (default 30). accelerate's one-process launcher passes
-nothing on: it dies of SIGTERM (or of KeyboardInterrupt on SIGINT) and its child trained on,
-unseen (below 1.16, which pyproject.toml pins: 1.16's SIGKILLs its child 5 s after a signal). So a trainer whose parent is a launcher asks the kernel for SIGTERM when that parent dies
+nothing on (below 1.16, which pyproject.toml pins: 1.16's SIGKILLs its child 5 s after a
+signal): it dies of SIGTERM (or of KeyboardInterrupt on SIGINT) and its child trained on,
+unseen. So a trainer whose parent is a launcher asks the kernel for SIGTERM when that parent dies
 (PR_SET_PDEATHSIG). The kernel sends it once; after a Ctrl-C, which reaches launcher and trainer
 alike, it is no second request and is not counted as one. A trainer started any other way (a
 shell, nohup, a test) does not follow its parent: a closed shell must not stop a nohup'd run.

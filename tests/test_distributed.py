@@ -236,7 +236,8 @@ def test_ppo_critic_and_policy_update_the_same_in_1_vs_4_micro_batches_and_1_vs_
         # the random tiny model's 49k vocabulary: float32 resolves them to ~1e-6, and another batch
         # shape (another GEMM blocking; AVX-512 and AMX kernels differ here) moves each ratio by that
         # much: 1.4e-6 on a loss of 8.3e-3 was measured on an AMX machine. 1e-5 is still 0.1 % of it.
-        assert other["metrics"]["critic/value_loss"] == pytest.approx(one["metrics"]["critic/value_loss"], abs=1e-6)
+        value_loss = one["metrics"]["critic/value_loss"]
+        assert other["metrics"]["critic/value_loss"] == pytest.approx(value_loss, abs=1e-6), name
         assert other["metrics"]["train/loss"] == pytest.approx(one["metrics"]["train/loss"], abs=1e-5), name
 
 
