@@ -1,6 +1,10 @@
 """TRL-style reward functions for the reward tests, written the way a TRL user writes them:
 keyword arguments, extra dataset columns through **kwargs, one float (or None) per completion."""
 
+import os
+import time
+from pathlib import Path
+
 
 def length_penalty(completions, **kwargs):
     # -0.01 per character over 20.
@@ -77,10 +81,6 @@ def even_token_fraction_gated(completions, completion_ids, **kwargs):
     # even_token_fraction that, while the file named by $GRPO_TEST_GATE exists, holds the step in
     # the middle (after sampling, before the update) so a test can signal it there for sure; it
     # writes <gate>.held first so the test knows. Without the variable it is even_token_fraction.
-    import os
-    import time
-    from pathlib import Path
-
     gate = os.environ.get("GRPO_TEST_GATE")
     if gate and Path(gate).exists():
         Path(gate + ".held").touch()
