@@ -28,7 +28,7 @@ import torch
 from transformers import get_scheduler
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from grpo_trainer import algo, distributed, lora
+from grpo_trainer import algo, attention, distributed, lora
 from grpo_trainer.forward import completion_outputs, record_micro_batches, record_per_token
 from grpo_trainer.lora import is_peft
 from grpo_trainer.models import DTYPES
@@ -62,14 +62,16 @@ class ValueModel(torch.nn.Module):
         return CausalLMOutputWithPast(logits=inner.score(hidden).float(), past_key_values=out.past_key_values)
 
 
-def load_value_model(path: str, dtype: str = "float32", trust_remote_code: bool = False) -> ValueModel:
+def load_value_model(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                     attention_gib: float = attention.DEFAULT_GIB) -> ValueModel:
     """A critic from `path`: a critic checkpoint (its head loaded) or a causal LM (head set to 0)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
     config.classifier_dropout = 0.0  # saved with it: the head never drops out
     backbone, info = AutoModelForTokenClassification.from_pretrained(
-        path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, attn_implementation="sdpa",
+        path, config=config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+        attn_implementation=attention.implementation(attention_gib),
         output_loading_info=True)
     fresh = [k for k in info["missing_keys"] if k.startswith("score.")]
     if fresh:
@@ -92,7 +94,8 @@ class Critic:
         if distributed.zero_stage(acc) == 3:
             raise ValueError("algorithm.advantage=gae trains a critic beside the policy, which ZeRO-3 does not "
                              "support here: launch with configs/accelerate/cpu_zero2.yaml (or zero2.yaml) or DDP")
-        model = load_value_model(model_cfg.critic_path or model_path, model_cfg.dtype, model_cfg.trust_remote_code)
+        model = load_value_model(model_cfg.critic_path or model_path, model_cfg.dtype, model_cfg.trust_remote_code,
+                                 model_cfg.attention_gib)
         if model_cfg.gradient_checkpointing:
             model.backbone.gradient_checkpointing_enable()
         # With model.lora the critic is a LoRA too (same rank and targets), its head trained in full.

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from grpo_trainer import attention
+
 log = logging.getLogger(__name__)
 
 BUNDLED = {
@@ -116,11 +118,13 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                   attention_gib: float = attention.DEFAULT_GIB):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+        attn_implementation=attention.implementation(attention_gib))
     # Sampling settings shipped with a checkpoint must not override the recipe's.
     model.generation_config.do_sample = True
     return model

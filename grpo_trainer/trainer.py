@@ -106,7 +106,8 @@ class GRPOTrainer:
                                      cooldown=cfg.data.filter_cooldown)
 
         with console.phase(f"loading model {self.model_path} ({cfg.model.dtype})"):
-            policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code)
+            policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code,
+                                    cfg.model.attention_gib)
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         policy = lora.wrap(policy, cfg.model.lora, cfg.model.gradient_checkpointing)
@@ -116,7 +117,8 @@ class GRPOTrainer:
         if a.beta > 0:
             with console.phase("loading the reference model"):
                 self.ref = lora.AdapterDisabled(policy) if cfg.model.lora.enabled else distributed.prepare_reference(
-                    acc, load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code))
+                    acc, load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code,
+                                        cfg.model.attention_gib))
         if a.ref_reset_every and (cfg.model.lora.enabled or distributed.zero_stage(acc) == 3):
             raise ValueError("algorithm.ref_reset_every needs a full reference copy: it does not combine with "
                              "model.lora.enabled or ZeRO-3; set algorithm.ref_reset_every=0")

@@ -179,7 +179,7 @@ _RANGES = [
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "algorithm.gamma"),
     ("a float in [0, 1]", lambda v: 0 <= v <= 1, "algorithm.lam"),
     ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.value_clip"),
-    ("a float >= 0", lambda v: v >= 0, "critic.weight_decay"),
+    ("a float >= 0", lambda v: v >= 0, "critic.weight_decay model.attention_gib"),
     ("a float >= 0", lambda v: v >= 0, "algorithm.eps_high algorithm.beta trainer.weight_decay "
      "algorithm.overlong_penalty_factor algorithm.gspo_eps_high algorithm.cispo_eps_high"),
     ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.kl_target algorithm.target_kl "

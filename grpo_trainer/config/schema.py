@@ -44,6 +44,10 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # Training on CPU: attention as two matmuls and a softmax, which keeps each layer's attention
+    # probabilities for backward, while those of a forward's layers fit in this many GiB; else (and
+    # on GPUs) torch's SDPA. Faster than SDPA on CPU (README "Speed"); 0: always SDPA.
+    attention_gib: float = 1.0
     lora: LoraConfig = field(default_factory=LoraConfig)
     # algorithm.advantage=gae: the critic's starting weights (a critic checkpoint's critic/ directory,
     # or any HF model of the policy's architecture); None: the policy's own weights, value head at 0.
