@@ -92,7 +92,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
 
     B, H, Q, D = query.shape
     entries = B * H * Q * key.shape[2]
-    layers = getattr(module.config, "num_hidden_layers", 1) if torch.is_grad_enabled() else 0
+    config = getattr(module, "config", None)  # an attention module without one: count one layer
+    layers = getattr(config, "num_hidden_layers", 1) if torch.is_grad_enabled() else 0
     # All layers' kept probabilities (2 or 4 bytes) plus one layer's fp32 softmax and scores.
     need = entries * (2 * layers + 6) if torch.is_autocast_enabled(query.device.type) else entries * (4 * layers + 8)
     unsupported = dropout > 0 or any(kwargs.get(k) is not None for k in ("s_aux", "softcap", "position_bias", "cache"))
