@@ -169,7 +169,10 @@ def stop_launched(launcher: subprocess.Popen, run: Path, log: Path, after: int, 
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
-    last = log.read_text().strip().splitlines()[-1]
+    # The trainer's last line; under SIGINT the launcher's own traceback (KeyboardInterrupt, or
+    # CalledProcessError when the trainer's exit wins the race) may come before or after it.
+    said = [line for line in log.read_text().splitlines() if line.startswith("stopped ")]
+    last = said[-1] if said else ""
     assert last.startswith("stopped at step ") and last.endswith("; resume with resume=auto"), log.read_text()[-3000:]
     stopped = int(last.split()[3].rstrip(";"))
     assert steps_logged(run) == list(range(1, stopped + 1))
