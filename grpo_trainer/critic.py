@@ -29,7 +29,7 @@ from transformers import get_scheduler
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from grpo_trainer import algo, attention, distributed, lora
-from grpo_trainer.forward import completion_outputs, record_micro_batches, record_per_token
+from grpo_trainer.forward import completion_values, record_micro_batches, record_per_token
 from grpo_trainer.lora import is_peft
 from grpo_trainer.models import DTYPES
 from grpo_trainer.record import RolloutRecord
@@ -109,7 +109,7 @@ class Critic:
 
     # ------------------------------------------------------------------ values
     def _values(self, mb) -> torch.Tensor:  # (M, C) float32
-        return torch.cat([out.squeeze(-1) for out, _ in completion_outputs(self.model, mb, self.share_prompt)], dim=1)
+        return completion_values(self.model, mb, self.share_prompt)
 
     def values(self, record: RolloutRecord) -> torch.Tensor:
         """(N, C) float32: V of the state before every completion token, without gradients; 0 at padding."""

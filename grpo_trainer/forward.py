@@ -166,8 +166,11 @@ def micro_batches(rows: list[int], prompts: list[list[int]], completions: list[l
 
 def completion_outputs(model, mb: MicroBatch, share_prompt: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The model's output at every position that predicts a completion token, as parts
-    [(outputs (M, c, ·), the tokens they predict (M, c))] whose c add up to C. The policy's outputs
-    are logits; the critic's (critic.py) values, one per state before each token."""
+    [(outputs (M, c + e, ·), the tokens they predict (M, c))] whose c add up to C; the e (0 or 1)
+    outputs past the c predict nothing and are for the caller to drop from its results. They are
+    kept because slicing the (M, C, V) logits would make autograd allocate and zero a gradient of
+    their full size in backward, ~100 MB a micro-batch here. The policy's outputs are logits; the
+    critic's (critic.py) values, one per state before each token."""
     C = mb.completion_ids.shape[1]
     if share_prompt:
         # 1. Each distinct prompt once; the last position's logits predict completion token 0.
@@ -184,14 +187,20 @@ def completion_outputs(model, mb: MicroBatch, share_prompt: bool = True) -> list
                      past_key_values=cache, use_cache=True, logits_to_keep=C)
         # Completion position t predicts token t+1 (its last predicts nothing); the prompt's last
         # position predicts token 0. Kept apart, so the (M, C, V) logits are never copied.
-        return [(out.logits[mb.prompt_index], mb.completion_ids[:, :1]),
-                (comp.logits[:, :-1], mb.completion_ids[:, 1:])]
+        return [(out.logits[mb.prompt_index], mb.completion_ids[:, :1]), (comp.logits, mb.completion_ids[:, 1:])]
     attention = mb.attention_mask
     input_ids = torch.cat([mb.prompt_ids[mb.prompt_index], mb.completion_ids], dim=1)  # (M, P+C)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                 logits_to_keep=C + 1, use_cache=False)
-    return [(out.logits[:, :-1], mb.completion_ids)]  # position t predicts completion token t
+    return [(out.logits, mb.completion_ids)]  # position t predicts completion token t; the last nothing
+
+
+def completion_values(model, mb: MicroBatch, share_prompt: bool = True) -> torch.Tensor:  # (M, C)
+    """A one-output model's (the critic's) output at every position that predicts a completion
+    token: V of the state before each token."""
+    parts = completion_outputs(model, mb, share_prompt)  # [(values (M, c + e, 1), tokens (M, c))]
+    return torch.cat([out[:, :tokens.shape[1], 0] for out, tokens in parts], dim=1)
 
 
 def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy: bool = False,
@@ -201,13 +210,14 @@ def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy:
     Returns (logp (M, C), entropy (M, C) or None). The entropy comes from the log-probs' own pass
     over the logits, without gradient, unless `entropy_grad` (an entropy bonus in the loss)."""
     logp, entropy = [], []
-    for logits, targets in completion_outputs(model, mb, share_prompt):  # logits (M, c, V), targets (M, c)
-        if temperature != 1.0:
-            logits = logits / temperature
+    for logits, targets in completion_outputs(model, mb, share_prompt):  # logits (M, c + e, V), targets (M, c)
+        c = targets.shape[1]
+        targets = torch.nn.functional.pad(targets, (0, logits.shape[1] - c))  # token 0 where nothing is predicted
         if with_entropy and not entropy_grad:
-            lp, ent = selective_log_softmax_and_entropy(logits, targets)
+            lp, ent = selective_log_softmax_and_entropy(logits, targets, temperature=temperature)
         else:
-            lp, ent = selective_log_softmax(logits, targets), entropy_from_logits(logits) if with_entropy else None
-        logp.append(lp)
-        entropy.append(ent)
+            lp = selective_log_softmax(logits, targets, temperature=temperature)
+            ent = entropy_from_logits(logits, temperature=temperature) if with_entropy else None
+        logp.append(lp[:, :c])
+        entropy.append(None if ent is None else ent[:, :c])
     return torch.cat(logp, dim=1), (torch.cat(entropy, dim=1) if with_entropy else None)

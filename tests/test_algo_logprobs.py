@@ -36,6 +36,59 @@ def test_entropy_matches_direct(chunk):
     assert torch.allclose(got.double(), reference_entropy(logits), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunking_never_changes_a_bit(dtype):
+    """The CPU default (4 MB chunks: 20 positions at V = 50,000, so rows split into column slices)
+    gives exactly the bits of 256-position chunks (whole rows, many per chunk): log-probs, their
+    gradient, the entropy and its gradient. Chunk size is a speed choice only."""
+    from grpo_trainer.algo.logprobs import default_chunk_size
+
+    logits, index = make(n=3, t=50, v=50_000, dtype=dtype)
+    view = logits[:, 1:]  # non-contiguous, as the trainer's shifted logits
+    assert default_chunk_size(view) == 20
+    runs = []
+    for chunk in (None, 256):
+        a = view.detach().clone().requires_grad_()
+        logp, ent = selective_log_softmax_and_entropy(a, index[:, 1:], chunk_size=chunk)
+        w = torch.linspace(-1, 1, logp.numel()).view_as(logp)
+        (logp * w).sum().backward()
+        b = view.detach().clone().requires_grad_()
+        h = entropy_from_logits(b, chunk_size=chunk)
+        (h * w).sum().backward()
+        runs.append((logp.detach(), a.grad, ent, h.detach(), b.grad))
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+def test_temperature_inside_equals_dividing_first():
+    """temperature=T gives, on fp32 logits, the bits of dividing the logits by T first (the code
+    before T moved inside), forward and gradients; on bf16 logits it is closer to the fp64 truth,
+    since logits / T is no longer rounded to bf16."""
+    logits, index = make(n=2, t=9, v=300)
+    t = 0.7
+    runs = []
+    for inside in (True, False):
+        a = logits.clone().requires_grad_()
+        b = logits.clone().requires_grad_()
+        scaled_a, scaled_b = (a, b) if inside else (a / t, b / t)
+        kw = {"temperature": t} if inside else {}
+        logp, ent = selective_log_softmax_and_entropy(scaled_a, index, chunk_size=4, **kw)
+        w = torch.linspace(-1, 1, logp.numel()).view_as(logp)
+        (logp * w).sum().backward()
+        h = entropy_from_logits(scaled_b, chunk_size=4, **kw)
+        (h * w).sum().backward()
+        runs.append((logp.detach(), a.grad, ent, h.detach(), b.grad))
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+    bf = logits.to(torch.bfloat16)
+    truth = reference_logp(bf.double() / t, index)
+    inside_err = (selective_log_softmax(bf, index, temperature=t).double() - truth).abs().max()
+    first_err = (selective_log_softmax(bf / t, index).double() - truth).abs().max()
+    assert inside_err < 1e-5 < first_err
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        selective_log_softmax(logits, index, temperature=0.0)
+
+
 def test_uniform_entropy_and_banned_tokens():
     # uniform over 4 tokens: H = ln 4 = 1.386294; log p = -1.386294
     logits = torch.zeros(1, 1, 4)

@@ -12,7 +12,7 @@ import torch
 
 from grpo_trainer.config import ConfigError, load_config
 from grpo_trainer.critic import load_value_model
-from grpo_trainer.forward import completion_outputs, pack
+from grpo_trainer.forward import completion_values, pack
 from test_e2e import REPO, launch, read_metrics, tiny_overrides
 
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12, 13]]
@@ -22,7 +22,7 @@ COMPLETIONS = [[20, 21, 22, 23], [24, 25], [30, 31, 32], [33]]
 def values(model, share_prompt: bool) -> torch.Tensor:  # (4, 4), 0 at padding
     mb = pack([0, 1, 2, 3], [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]], COMPLETIONS, pad_id=0)
     with torch.no_grad():
-        v = torch.cat([out.squeeze(-1) for out, _ in completion_outputs(model, mb, share_prompt)], dim=1)
+        v = completion_values(model, mb, share_prompt)
     return torch.where(mb.completion_mask, v, torch.zeros(()))
 
 

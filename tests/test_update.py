@@ -328,7 +328,8 @@ def test_the_entropy_bonus_has_its_gradient(base_model, step_batch):
     prompts, completions, _, _ = rows_of(batch)
     mb = pack(list(range(batch.num_rows)), prompts, completions, 0)
     outputs = completion_outputs(model, mb)
-    logp_full = torch.cat([torch.log_softmax(logits.double(), -1) for logits, _ in outputs], dim=1)  # (M, C, V)
+    logp_full = torch.cat([torch.log_softmax(logits[:, :tokens.shape[1]].double(), -1)  # (M, C, V)
+                           for logits, tokens in outputs], dim=1)
     entropy = -(logp_full.exp() * logp_full).sum(-1)
     mask = mb.completion_mask
     (-coef * (entropy * mask).sum() / mask.sum()).backward()

@@ -6,6 +6,12 @@ log_softmax (V ~ 150k) would cost far more memory than the answer. Both function
 the (N, T) grid in chunks of at most ``chunk_size`` token positions; every chunk is a *view*
 of the logits (no copy of the whole tensor), upcast to fp32 only for that chunk.
 
+Chunk size is a speed choice, never a numerical one: each position's reductions run alone, so
+every chunking gives the same bits (tested). On a CPU the chunk's fp32 scratch tensors fit in
+its caches (about 4 MB each): 256-token chunks at V = 49k (50 MB each) made forward+backward of
+one 8 x 128-token micro-batch's log-probs ~3x slower, since every scratch tensor was fresh
+memory and every pass over it went to DRAM. On a GPU 256-token chunks keep the kernel count low.
+
 Autograd goes through hand-written backward passes instead of recording the chunk graphs,
 because recording would keep every chunk's fp32 upcast alive until backward, i.e. the full
 (N, T, V) fp32 tensor after all. Backward recomputes each chunk's softmax from the saved
@@ -18,9 +24,19 @@ from collections.abc import Iterator
 
 import torch
 
-# Token positions per chunk: at V = 152k this is ~155 MB of fp32 per scratch tensor (the entropy
-# holds a few at once). Smaller chunks cost nothing measurable: each is still millions of elements.
+# Token positions per chunk on an accelerator: at V = 152k ~155 MB of fp32 per scratch tensor (the
+# entropy holds a few at once), still few kernels.
 DEFAULT_CHUNK_TOKENS = 256
+# Elements per chunk on a CPU (4 MB of fp32): V = 49k -> 21 positions, V = 152k -> 6. Measured on a
+# 2-core AVX512 machine at both vocabularies, 2^19-2^21 elements were fastest, 2^23+ ~3x slower.
+CPU_CHUNK_ELEMENTS = 2**20
+
+
+def default_chunk_size(logits: torch.Tensor) -> int:
+    """Token positions per chunk for these (N, T, V) logits: cache-sized on a CPU, else 256."""
+    if logits.device.type == "cpu":
+        return max(1, CPU_CHUNK_ELEMENTS // max(logits.shape[-1], 1))
+    return DEFAULT_CHUNK_TOKENS
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -44,15 +60,22 @@ def _chunks(n: int, t: int, chunk_tokens: int) -> Iterator[tuple[slice, slice]]:
                 yield slice(i, i + 1), slice(j, j + chunk_tokens)
 
 
-def _check_logits(logits: torch.Tensor, chunk_size: int, index: torch.Tensor | None = None) -> None:
+def _check_logits(logits: torch.Tensor, chunk_size: int | None, index: torch.Tensor | None = None,
+                  temperature: float = 1.0) -> int:
+    """The chunk size to use (`default_chunk_size` for None), after checking the arguments."""
     if logits.dim() != 3:
         raise ValueError(
             f"logits must be (N, T, V), got shape {tuple(logits.shape)}; add a batch dimension"
         )
+    if chunk_size is None:
+        chunk_size = default_chunk_size(logits)
     if not logits.is_floating_point():
         raise ValueError(f"logits must be a float tensor, got {logits.dtype}; cast them to float")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r} (temperature 0 samples greedily: "
+                         "there are no log-probs to train)")
     if index is not None and index.shape != logits.shape[:2]:
         raise ValueError(
             f"index shape {tuple(index.shape)} must equal logits.shape[:2] = "
@@ -60,6 +83,7 @@ def _check_logits(logits: torch.Tensor, chunk_size: int, index: torch.Tensor | N
         )
     if index is not None and index.dtype != torch.int64:
         raise ValueError(f"index must be int64 (long), got {index.dtype}; call index.long()")
+    return chunk_size
 
 
 def _plogp_entropy(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
@@ -70,7 +94,15 @@ def _plogp_entropy(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * logp, torch.zeros((), dtype=x.dtype, device=x.device)).sum(-1)
 
 
-def _log_softmax_chunks(logits, index, chunk_tokens: int, with_entropy: bool):
+def _scaled_chunk(logits, rs, cs, dtype, temperature: float) -> torch.Tensor:
+    """One chunk of logits / temperature in the compute dtype. The division comes after the upcast,
+    so bf16 logits are not rounded to bf16 a second time; on fp32 logits it gives the bits of
+    dividing the whole tensor first, and saves that (N, T, V) copy and its gradient."""
+    x = logits[rs, cs].to(dtype)
+    return x if temperature == 1.0 else x / temperature
+
+
+def _log_softmax_chunks(logits, index, chunk_tokens: int, with_entropy: bool, temperature: float):
     """The forward of the log-prob functions: per chunk one logsumexp, the sampled token's log-prob
     and, if asked, the entropy from that same logsumexp, bit-identical to `entropy_from_logits`.
     (lse - softmax(x)·x would take 0.6x the time but moves the logged entropy in its 6th digit,
@@ -81,7 +113,7 @@ def _log_softmax_chunks(logits, index, chunk_tokens: int, with_entropy: bool):
     lse = torch.empty((n, t), dtype=cdt, device=logits.device)
     ent = torch.empty((n, t), dtype=cdt, device=logits.device) if with_entropy else None
     for rs, cs in _chunks(n, t, chunk_tokens):
-        x = logits[rs, cs].to(cdt)
+        x = _scaled_chunk(logits, rs, cs, cdt, temperature)
         chunk_lse = torch.logsumexp(x, dim=-1)
         lse[rs, cs] = chunk_lse
         out[rs, cs] = x.gather(-1, index[rs, cs].unsqueeze(-1)).squeeze(-1) - chunk_lse
@@ -95,11 +127,11 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
     empty tensor otherwise)."""
 
     @staticmethod
-    def forward(ctx, logits, index, chunk_tokens, with_entropy):  # (N, T, V), (N, T), int, bool
-        out, lse, ent = _log_softmax_chunks(logits, index, chunk_tokens, with_entropy)
+    def forward(ctx, logits, index, chunk_tokens, with_entropy, temperature):  # (N, T, V), (N, T), int, bool, float
+        out, lse, ent = _log_softmax_chunks(logits, index, chunk_tokens, with_entropy, temperature)
         ent = out.new_empty(0) if ent is None else ent
         ctx.save_for_backward(logits, index, lse)
-        ctx.chunk_tokens = chunk_tokens
+        ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
         ctx.mark_non_differentiable(ent)
         return out, ent
 
@@ -107,83 +139,91 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_entropy):  # grad_out: (N, T)
         logits, index, lse = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
         n, t, _ = logits.shape
+        temperature = ctx.temperature
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         for rs, cs in _chunks(n, t, ctx.chunk_tokens):
-            x = logits[rs, cs].to(lse.dtype)
+            x = _scaled_chunk(logits, rs, cs, lse.dtype, temperature)
             g = grad_out[rs, cs].unsqueeze(-1).to(lse.dtype)
-            # d log p_i / d x_k = 1[k = i] - p_k
+            # d log p_i / d x_k = 1[k = i] - p_k, with x = logits / temperature
             d = torch.exp(x - lse[rs, cs].unsqueeze(-1)).mul_(-g)
             d.scatter_add_(-1, index[rs, cs].unsqueeze(-1), g)
-            grad[rs, cs] = d
-        return grad, None, None, None
+            grad[rs, cs] = d if temperature == 1.0 else d.div_(temperature)
+        return grad, None, None, None, None
 
 
 class _Entropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, chunk_tokens):  # (N, T, V), int
+    def forward(ctx, logits, chunk_tokens, temperature):  # (N, T, V), int, float
         n, t, _ = logits.shape
         cdt = _compute_dtype(logits.dtype)
         ent = torch.empty((n, t), dtype=cdt, device=logits.device)
         lse = torch.empty((n, t), dtype=cdt, device=logits.device)
         for rs, cs in _chunks(n, t, chunk_tokens):
-            x = logits[rs, cs].to(cdt)
+            x = _scaled_chunk(logits, rs, cs, cdt, temperature)
             chunk_lse = torch.logsumexp(x, dim=-1)
             ent[rs, cs] = _plogp_entropy(x, chunk_lse)
             lse[rs, cs] = chunk_lse
         ctx.save_for_backward(logits, lse, ent)
-        ctx.chunk_tokens = chunk_tokens
+        ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
         return ent
 
     @staticmethod
     def backward(ctx, grad_out):  # grad_out: (N, T)
         logits, lse, ent = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None
+            return None, None, None
         n, t, _ = logits.shape
+        temperature = ctx.temperature
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         zero = torch.zeros((), dtype=lse.dtype, device=logits.device)
         for rs, cs in _chunks(n, t, ctx.chunk_tokens):
-            x = logits[rs, cs].to(lse.dtype)
+            x = _scaled_chunk(logits, rs, cs, lse.dtype, temperature)
             logp = x - lse[rs, cs].unsqueeze(-1)
             p = logp.exp()
-            # dH / d x_k = -p_k (log p_k + H)
+            # dH / d x_k = -p_k (log p_k + H), with x = logits / temperature
             d = torch.where(p > 0, -p * (logp + ent[rs, cs].unsqueeze(-1)), zero)
-            grad[rs, cs] = d * grad_out[rs, cs].unsqueeze(-1).to(lse.dtype)
-        return grad, None
+            d = d * grad_out[rs, cs].unsqueeze(-1).to(lse.dtype)
+            grad[rs, cs] = d if temperature == 1.0 else d.div_(temperature)
+        return grad, None, None
 
 
 def selective_log_softmax(
     logits: torch.Tensor,  # (N, T, V) float32 / float64 / bfloat16 / float16
     index: torch.Tensor,  # (N, T) int64 token ids in [0, V)
-    chunk_size: int = DEFAULT_CHUNK_TOKENS,
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:  # (N, T)
-    """log softmax(logits)[n, t, index[n, t]]: the per-token log pi(o_t | q, o_<t).
+    """log softmax(logits / temperature)[n, t, index[n, t]]: the per-token log pi(o_t | q, o_<t)
+    of the policy that sampled at that temperature.
 
     These are the log-probabilities whose differences form the importance ratio of
     DeepSeekMath GRPO (arXiv 2402.03300, eq. 3) and the clipped objective of PPO
     (arXiv 1707.06347, eq. 7). Computed as ``x[index] - logsumexp(x)`` over chunks of at most
-    ``chunk_size`` token positions, so peak scratch memory is ``chunk_size * V`` in fp32.
+    ``chunk_size`` token positions (None: `default_chunk_size`), so peak scratch memory is
+    ``chunk_size * V`` in fp32.
 
     Returns fp64 for fp64 logits and fp32 otherwise (bf16/fp16 are upcast per chunk).
     Differentiable with respect to ``logits`` (first-order only).
     """
-    return _selective(logits, index, chunk_size, with_entropy=False)[0]
+    return _selective(logits, index, chunk_size, False, temperature)[0]
 
 
-def _selective(logits, index, chunk_size: int, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_logits(logits, chunk_size, index)
+def _selective(logits, index, chunk_size: int | None, with_entropy: bool,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    chunk_size = _check_logits(logits, chunk_size, index, temperature)
     if logits.shape[0] * logits.shape[1] == 0:
         empty = logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
         return empty, empty.clone()
-    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, with_entropy)
+    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, with_entropy, float(temperature))
 
 
 def selective_log_softmax_and_entropy(
     logits: torch.Tensor,  # (N, T, V) float32 / float64 / bfloat16 / float16
     index: torch.Tensor,  # (N, T) int64 token ids in [0, V)
-    chunk_size: int = DEFAULT_CHUNK_TOKENS,
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (N, T) log-probs, (N, T) entropy
     """:func:`selective_log_softmax` and, from the same pass over the logits, the entropy of
     :func:`entropy_from_logits` *without* gradient: the monitored entropy (DAPO, arXiv
@@ -191,14 +231,15 @@ def selective_log_softmax_and_entropy(
     (bit-identical to computing it apart). The log-probs are differentiable as in
     :func:`selective_log_softmax`; for an entropy bonus with a gradient use
     :func:`entropy_from_logits`."""
-    return _selective(logits, index, chunk_size, with_entropy=True)
+    return _selective(logits, index, chunk_size, True, temperature)
 
 
 def entropy_from_logits(
     logits: torch.Tensor,  # (N, T, V) float32 / float64 / bfloat16 / float16
-    chunk_size: int = DEFAULT_CHUNK_TOKENS,
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:  # (N, T)
-    """Per-position entropy H = -sum_v p_v log p_v of softmax(logits), in nats.
+    """Per-position entropy H = -sum_v p_v log p_v of softmax(logits / temperature), in nats.
 
     The token-level policy entropy whose collapse DAPO (arXiv 2503.14476, section 3.1)
     monitors and Clip-Higher is designed to counter. Chunked exactly like
@@ -207,7 +248,7 @@ def entropy_from_logits(
     Returns fp64 for fp64 logits and fp32 otherwise. Differentiable with respect to
     ``logits`` (first-order only).
     """
-    _check_logits(logits, chunk_size)
+    chunk_size = _check_logits(logits, chunk_size, None, temperature)
     if logits.shape[0] * logits.shape[1] == 0:
         return logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
-    return _Entropy.apply(logits, chunk_size)
+    return _Entropy.apply(logits, chunk_size, float(temperature))
