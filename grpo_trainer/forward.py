@@ -169,8 +169,8 @@ def completion_outputs(model, mb: MicroBatch, share_prompt: bool = True) -> list
     [(outputs (M, c + e, ·), the tokens they predict (M, c))] whose c add up to C; the e (0 or 1)
     outputs past the c predict nothing and are for the caller to drop from its results. They are
     kept because slicing the (M, C, V) logits would make autograd allocate and zero a gradient of
-    their full size in backward, ~100 MB a micro-batch here. The policy's outputs are logits; the
-    critic's (critic.py) values, one per state before each token."""
+    their full size in backward (8 rows x 128 tokens at V = 49k: 100 MB in bf16). The policy's
+    outputs are logits; the critic's (critic.py) values, one per state before each token."""
     C = mb.completion_ids.shape[1]
     if share_prompt:
         # 1. Each distinct prompt once; the last position's logits predict completion token 0.

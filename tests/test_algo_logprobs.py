@@ -44,7 +44,7 @@ def test_chunking_never_changes_a_bit(dtype):
     from grpo_trainer.algo.logprobs import default_chunk_size
 
     logits, index = make(n=3, t=50, v=50_000, dtype=dtype)
-    view = logits[:, 1:]  # non-contiguous, as the trainer's shifted logits
+    view = logits[:, 1:]  # a non-contiguous view: chunks must stay views of it
     assert default_chunk_size(view) == 20
     runs = []
     for chunk in (None, 256):

@@ -48,7 +48,7 @@ def _chunks(n: int, t: int, chunk_tokens: int) -> Iterator[tuple[slice, slice]]:
     """Cover an (n, t) grid with (row, column) slices of at most ``chunk_tokens`` cells.
 
     Slicing rows, or columns within one row, keeps each chunk a view even when the logits are
-    themselves a non-contiguous view such as ``logits[:, :-1]``.
+    themselves a non-contiguous view, such as a slice of a larger logits tensor.
     """
     if t <= chunk_tokens:
         rows = max(1, chunk_tokens // t)
@@ -184,7 +184,7 @@ class _Entropy(torch.autograd.Function):
             p = logp.exp()
             # dH / d x_k = -p_k (log p_k + H), with x = logits / temperature
             d = torch.where(p > 0, -p * (logp + ent[rs, cs].unsqueeze(-1)), zero)
-            d = d * grad_out[rs, cs].unsqueeze(-1).to(lse.dtype)
+            d.mul_(grad_out[rs, cs].unsqueeze(-1).to(lse.dtype))
             grad[rs, cs] = d if temperature == 1.0 else d.div_(temperature)
         return grad, None, None
 
