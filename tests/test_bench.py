@@ -75,7 +75,10 @@ def test_format_table():
             "colocation": {"rows": 32, "train_in_step_s": 33.0, "replayed_s": 25.5, "fwd_bwd_s": 24.0,
                            "in_step_over_fwd_bwd": 1.375, "replayed_over_fwd_bwd": 1.0625,
                            "page_faults_in_step": 1234567, "page_faults_replayed_all": [1000, 2000],
-                           "page_faults_fwd_bwd_all": [30, 40]}}
+                           "page_faults_fwd_bwd_all": [30, 40],
+                           "paired": [{"step": 2, "train_in_step_s": 20.0, "fwd_bwd_s": 19.0},
+                                      {"step": 3, "train_in_step_s": 33.0, "fwd_bwd_s": 30.0}],
+                           "in_step_over_fwd_bwd_paired": 1.0763}}
     table = format_table(_result(step))
     assert "Test CPU | 2 cores" in table
     assert "135.0M params" in table
@@ -90,6 +93,8 @@ def test_format_table():
     assert ("colocation, the last step's 32 rows: train in step 33.00 s | replayed 25.50 s | bare fwd+bwd 24.00 s "
             "-> in step 1.38x, replayed 1.06x the bare") in table
     assert "minor page faults: in step 1,234,567 | replayed 1,000, 2,000 | bare fwd+bwd 30, 40" in table
+    assert ("each step's train phase / its rows' bare fwd+bwd right after: step 2 20.00/19.00 s, "
+            "step 3 33.00/30.00 s -> median 1.08x") in table
     assert "no row was trained" not in table  # step 2 had informative groups
     step["zero_variance_frac_all"] = [1.0, 1.0, 1.0]
     assert "no row was trained" in format_table(_result(step))
@@ -196,3 +201,7 @@ def test_quick_steps_replay_the_last_update(tiny_llama: Path, tmp_path: Path):
     assert len(co["replayed_all"]) == len(co["fwd_bwd_all"]) == 2 and min(co["fwd_bwd_all"]) > 0
     assert co["replayed_s"] == min(co["replayed_all"])
     assert co["in_step_over_fwd_bwd"] == pytest.approx(co["train_in_step_s"] / co["fwd_bwd_s"], rel=1e-5)
+    # One step: it is paired with its own bare forward+backward (with more steps, every step after the first).
+    [pair] = co["paired"]
+    assert pair["step"] == 1 and pair["train_in_step_s"] == co["train_in_step_s"] and pair["fwd_bwd_s"] > 0
+    assert co["in_step_over_fwd_bwd_paired"] == pytest.approx(pair["train_in_step_s"] / pair["fwd_bwd_s"], rel=1e-5)

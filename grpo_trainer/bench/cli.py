@@ -8,8 +8,9 @@
 4. full `GRPOTrainer.train_step()`s split into phases, with peak RSS. They run in a child process
    (`--only step`) so that the trainer's own vLLM engine never shares a process with part 1's,
    and so that its peak RSS is the trainer's alone;
-5. colocation: the last step's update replayed on the same rows right after the steps, whole and
-   as bare forward+backward, against its train phase inside the step (see `time_colocation`).
+5. colocation: each step's train phase (after the first) against its rows' bare forward+backward
+   run right after that step, then the last step's update replayed on the same rows, whole and as
+   bare forward+backward (see `time_colocation`).
 
     python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--data FILE] [--output PATH]
 
@@ -36,8 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, time_colocation, time_rollout, time_sync,
-                                        time_train)
+from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, time_bare, time_colocation, time_rollout,
+                                        time_sync, time_train)
 from grpo_trainer.bench.report import PHASES, format_table, linear_shapes, machine_info, median, to_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +80,7 @@ def run_steps(args) -> dict:
         cfg = load_config(None, overrides)
         cfg.data.instruction = INSTRUCTION
         trainer = GRPOTrainer(cfg)
-        rows, cores, last = [], [], []
+        rows, cores, last, paired = [], [], [], []
         run = trainer.updater.run
 
         def keep_record(record, *a, **kw):  # the last step's rows and page faults, for the colocation figure
@@ -96,13 +97,18 @@ def run_steps(args) -> dict:
                     rows.append(trainer.train_step())
                 cores.append(clock.cores_used)
                 print(f"[bench] step {step}: {rows[-1]['time/step']:.2f} s", file=sys.stderr, flush=True)
+                if not args.skip_colocation and (step > 1 or args.steps == 1):  # as the median, after step 1
+                    bare = time_bare(trainer, last[0], args.mixed_precision)
+                    paired.append({"step": step, "train_in_step_s": rows[-1]["time/train"], "fwd_bwd_s": bare.wall})
+                    print(f"[bench] step {step}: train {rows[-1]['time/train']:.2f} s, its rows' bare forward+backward "
+                          f"right after {bare.wall:.2f} s", file=sys.stderr, flush=True)
             trainer.updater.run = run
             colocation = None
             if not args.skip_colocation:
                 print("[bench] the last update again, replayed and as bare forward+backward", file=sys.stderr,
                       flush=True)
                 colocation = time_colocation(trainer, last[0], rows[-1]["time/train"], last[1],
-                                             args.mixed_precision)
+                                             args.mixed_precision, paired)
         finally:
             trainer.reward_fn.close()
             trainer.engine.close()

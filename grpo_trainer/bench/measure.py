@@ -151,22 +151,41 @@ def time_sync(engine, model, repeats: int) -> dict:
     return {"seconds": sec, "seconds_all": times, "bytes": moved, "bytes_per_s": moved / sec}
 
 
-def time_colocation(trainer, record, in_step_s: float, in_step_faults: int, mixed: str, repeats: int = 2) -> dict:
-    """The colocation figure: the last step's update again, on the same rows, in the trainer's
-    process right after its steps (engine alive). `replayed_s`: the whole update (`updater.run`:
-    loss terms, metrics, clipping, optimizer step); `fwd_bwd_s`: its bare forward+backward, part 2's
-    measurement. in-step vs replayed is what the step's surroundings cost (the rollout before it);
-    replayed vs bare is the update's own work around forward+backward. Interleaved, best of
-    `repeats`, since other tenants only ever slow a run down. It trains the policy further.
-    `in_step_s`: the step's train phase; `in_step_faults`: the page faults of its `updater.run`."""
+def _trained_micro_batches(trainer, record) -> tuple[list[int], list]:
+    """The rows of `record` the step's update trained, and those rows packed as the update packs
+    them (row 0 alone if none was trained: the update then runs one zero-weighted micro-batch)."""
     from grpo_trainer.forward import record_micro_batches
-    from grpo_trainer.step_stats import StepStats
 
     up = trainer.updater
     trained = up.trained_rows(record, trainer.beta)
     rows = [i for i in range(record.num_rows) if record.in_loss[i] and trained[i]]
-    mbs = [mb.to(trainer.acc.device)
-           for mb in record_micro_batches(record, rows or [0], up.micro_batch_size, up.micro_batch_tokens)]
+    return rows, [mb.to(trainer.acc.device)
+                  for mb in record_micro_batches(record, rows or [0], up.micro_batch_size, up.micro_batch_tokens)]
+
+
+def time_bare(trainer, record, mixed: str) -> Clock:
+    """The bare forward+backward (part 2's measurement) of the rows a step's update trained, in the
+    trainer's process with the engine alive. It leaves the weights and gradients as they were."""
+    return _fwd_bwd(trainer.updater.model, _trained_micro_batches(trainer, record)[1], mixed)
+
+
+def time_colocation(trainer, record, in_step_s: float, in_step_faults: int, mixed: str,
+                    paired: list[dict] | None = None, repeats: int = 2) -> dict:
+    """The colocation figure. `paired`: each step's train phase with its rows' bare forward+backward
+    run right after that step ({"step", "train_in_step_s", "fwd_bwd_s"}), so that both figures
+    of a pair are one sample each, taken under the same conditions; their median ratio is the
+    headline (a single in-step sample against the best of several bare ones would read noise as
+    a tax). Then the last step's update again, on the same rows, right after the steps:
+    `replayed_s`, the whole update (`updater.run`: loss terms, metrics, clipping, optimizer step);
+    `fwd_bwd_s`, its bare forward+backward. in-step vs replayed is what the step's surroundings cost
+    (the rollout before it); replayed vs bare is the update's own work around forward+backward.
+    Interleaved, best of `repeats`, since other tenants only ever slow a run down. It trains the
+    policy further. `in_step_s`: the last step's train phase; `in_step_faults`: the page faults of
+    its `updater.run`."""
+    from grpo_trainer.step_stats import StepStats
+
+    up = trainer.updater
+    rows, mbs = _trained_micro_batches(trainer, record)
     replayed, bare = [], []
     for _ in range(repeats):
         with Clock() as clock:
@@ -174,8 +193,12 @@ def time_colocation(trainer, record, in_step_s: float, in_step_faults: int, mixe
         replayed.append(clock)
         bare.append(_fwd_bwd(up.model, mbs, mixed))
     best_replayed, best_bare = min(c.wall for c in replayed), min(c.wall for c in bare)
-    return {"rows": len(rows), "train_in_step_s": in_step_s, "replayed_s": best_replayed, "fwd_bwd_s": best_bare,
-            "replayed_all": [c.wall for c in replayed], "fwd_bwd_all": [c.wall for c in bare],
+    paired = paired or []
+    return {"rows": len(rows), "train_in_step_s": in_step_s, "replayed_s": best_replayed,
+            "fwd_bwd_s": best_bare, "replayed_all": [c.wall for c in replayed], "fwd_bwd_all": [c.wall for c in bare],
             "in_step_over_fwd_bwd": in_step_s / best_bare, "replayed_over_fwd_bwd": best_replayed / best_bare,
+            "paired": paired,
+            "in_step_over_fwd_bwd_paired": (statistics.median(p["train_in_step_s"] / p["fwd_bwd_s"] for p in paired)
+                                            if paired else None),
             "page_faults_in_step": in_step_faults, "page_faults_replayed_all": [c.page_faults for c in replayed],
             "page_faults_fwd_bwd_all": [c.page_faults for c in bare]}

@@ -129,6 +129,10 @@ def format_table(result: dict) -> str:
             lines.append(f"  colocation, the last step's {co['rows']} rows: train in step {co['train_in_step_s']:.2f} s | "
                          f"replayed {co['replayed_s']:.2f} s | bare fwd+bwd {co['fwd_bwd_s']:.2f} s -> in step "
                          f"{co['in_step_over_fwd_bwd']:.2f}x, replayed {co['replayed_over_fwd_bwd']:.2f}x the bare")
+            if co.get("paired"):
+                lines.append("  colocation, each step's train phase / its rows' bare fwd+bwd right after: " + ", ".join(
+                    f"step {p['step']} {p['train_in_step_s']:.2f}/{p['fwd_bwd_s']:.2f} s" for p in co["paired"])
+                    + f" -> median {co['in_step_over_fwd_bwd_paired']:.2f}x")
             if co.get("page_faults_in_step") is not None:
                 lines.append(f"  minor page faults: in step {co['page_faults_in_step']:,} | replayed "
                              f"{', '.join(f'{n:,}' for n in co['page_faults_replayed_all'])} | bare fwd+bwd "
