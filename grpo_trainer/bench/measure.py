@@ -172,10 +172,10 @@ def time_bare(trainer, record, mixed: str) -> Clock:
 def time_colocation(trainer, record, in_step_s: float, in_step_faults: int, mixed: str,
                     paired: list[dict] | None = None, repeats: int = 2) -> dict:
     """The colocation figure. `paired`: each step's train phase with its rows' bare forward+backward
-    run right after that step ({"step", "train_in_step_s", "fwd_bwd_s"}), so that both figures
-    of a pair are one sample each, taken under the same conditions; their median ratio is the
-    headline (a single in-step sample against the best of several bare ones would read noise as
-    a tax). Then the last step's update again, on the same rows, right after the steps:
+    run right after that step ({"step", "train_in_step_s", "fwd_bwd_s"}): both figures of a pair
+    are one sample each, taken seconds apart, and their median ratio is the headline (a single
+    in-step sample against the best of several bare ones would read noise as a tax). The bare run
+    comes second, on shapes the update has just used, so it never pays a first pass's costs. Then the last step's update again, on the same rows, right after the steps:
     `replayed_s`, the whole update (`updater.run`: loss terms, metrics, clipping, optimizer step);
     `fwd_bwd_s`, its bare forward+backward. in-step vs replayed is what the step's surroundings cost
     (the rollout before it); replayed vs bare is the update's own work around forward+backward.
