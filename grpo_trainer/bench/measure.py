@@ -175,8 +175,9 @@ def time_colocation(trainer, record, in_step_s: float, in_step_faults: int, mixe
     run right after that step ({"step", "train_in_step_s", "fwd_bwd_s"}): both figures of a pair
     are one sample each, taken seconds apart, and their median ratio is the headline (a single
     in-step sample against the best of several bare ones would read noise as a tax). The bare run
-    comes second, on shapes the update has just used, so it never pays a first pass's costs. Then the last step's update again, on the same rows, right after the steps:
-    `replayed_s`, the whole update (`updater.run`: loss terms, metrics, clipping, optimizer step);
+    comes second, on shapes the update has just used, so it never pays a first pass's costs.
+    Then the last step's update again, on the same rows, right after the steps: `replayed_s`, the
+    whole update (`updater.run`: loss terms, metrics, clipping, optimizer step);
     `fwd_bwd_s`, its bare forward+backward. in-step vs replayed is what the step's surroundings cost
     (the rollout before it); replayed vs bare is the update's own work around forward+backward.
     Interleaved, best of `repeats`, since other tenants only ever slow a run down. It trains the
