@@ -56,7 +56,8 @@ def _result(step: dict | None) -> dict:
         "machine": {"cpu": "Test CPU", "cores": 2, "torch": "2.13.0", "vllm": "0.32.0", "loadavg": [1.5, 1.0, 1.0]},
         "config": {"model": "m", "data": "synthetic", "prompts": 4, "G": 8, "max_tokens": 128, "dtype": "float32",
                    "rollout_dtype": "float32", "mixed_precision": "no"},
-        "rollout": {"vllm": {"generated_tokens": 4096, "seconds": 8.0, "tokens_per_s": 512.0, "cores_used": 1.95},
+        "rollout": {"vllm": {"generated_tokens": 4096, "seconds": 8.0, "tokens_per_s": 512.0, "cores_used": 1.95,
+                             "startup_s": 11.5},
                     "hf": {"generated_tokens": 4096, "seconds": 32.0, "tokens_per_s": 128.0},
                     "vllm_over_hf": 4.0},
         # 6 * 135e6 * 7_000 = 5.67e12 FLOP in 30 s = 1.89e11 FLOP/s; / 3.78e11 peak = 50.0 %
@@ -83,6 +84,8 @@ def test_format_table():
     assert "Test CPU | 2 cores" in table
     assert "135.0M params" in table
     assert "vLLM / HF generate: 4.00x" in table
+    assert "vLLM engine start: 11.50 s" in table
+    assert "compiled engine" not in table
     vllm_row = next(line for line in table.splitlines() if line.startswith("rollout vllm"))
     assert vllm_row.split()[-3:] == ["512", "tok/s", "1.95"]  # rate, then the cores it got
     assert "128 tok/s" in table
@@ -98,6 +101,9 @@ def test_format_table():
     assert "no row was trained" not in table  # step 2 had informative groups
     step["zero_variance_frac_all"] = [1.0, 1.0, 1.0]
     assert "no row was trained" in format_table(_result(step))
+    compiled = _result(step)
+    compiled["config"]["compile_engine"] = True
+    assert "| compiled engine (--compile-engine)" in format_table(compiled)
     skipped = format_table(_result(None))
     assert [line.split() for line in skipped.splitlines() if line.startswith("GRPO step")] == [
         ["GRPO", "step", "skipped"]]
@@ -131,6 +137,9 @@ def test_step_config_matches_the_comparison(tmp_path: Path):
     full = load_config(None, step_overrides(parse_args(["--data", "synthetic", "--train-all-rows",
                                                         "--micro-batch-size", "4"]), str(tmp_path)))
     assert not full.algorithm.skip_zero_advantage and full.trainer.micro_batch_size == 4
+    assert cfg.rollout.enforce_eager is True and full.rollout.enforce_eager is True  # the trainer's default
+    compiled = load_config(None, step_overrides(parse_args(["--data", "synthetic", "--compile-engine"]), str(tmp_path)))
+    assert compiled.rollout.enforce_eager is False
     assert cfg.trainer.mixed_precision == "bf16" and cfg.rollout.dtype == "bfloat16"
     assert cfg.reward.functions == [{"name": "gsm8k", "weight": 1.0, "kwargs": {"mode": "strict"}}]
     assert cfg.trainer.log_samples_every == 0  # train_step without train() has no sample logger

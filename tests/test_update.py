@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -356,3 +361,18 @@ def test_clip_higher_acts_only_off_policy(base_model, step_batch):
     assert m_sym4["train/kl_old_new"] > 0 and m_sym4["train/clip_frac_high"] > 0
     assert m_high4["train/clip_frac_high"] < m_sym4["train/clip_frac_high"]
     assert max((a - b).abs().max().item() for a, b in zip(sym4, high4)) > 1e-6
+
+
+def test_bf16_autocast_casts_each_weight_once_a_micro_batch(tiny_llama):
+    # accelerate autocasts inside each call of a prepared model; the update's two calls per
+    # micro-batch (prompts, then completions) must share one region, or every weight is cast to
+    # bf16 (and its gradient back) twice. A fresh interpreter: one AcceleratorState per process.
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, str(repo / "tests/bf16_casts.py"), str(tiny_llama)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["mixed"] == "bf16" and counts["micro_batches"] == 1
+    assert counts["policy"] == 1  # one training forward (at one pass pi_old is its own detached log-probs)
+    assert counts["critic"] == 1

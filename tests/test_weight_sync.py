@@ -14,9 +14,11 @@ from grpo_trainer.weights import iter_full_weights
 
 
 @pytest.mark.slow
-def test_vllm_logprobs_match_trainer_after_sync(tiny_llama: Path):
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "compiled"])
+def test_vllm_logprobs_match_trainer_after_sync(tiny_llama: Path, eager: bool):
+    # Compiled (rollout.enforce_eager=false), the pushed weights must reach the compiled graph too.
     engine = make_engine("vllm", model_path=str(tiny_llama), dtype="float32", seed=0, max_model_len=128,
-                         kv_cache_gib=1)
+                         kv_cache_gib=1, enforce_eager=eager)
     # The "trained" policy: the same architecture with other weights.
     policy = load_causal_lm(str(tiny_llama))
     torch.manual_seed(123)

@@ -59,6 +59,7 @@ def step_overrides(args, out_dir: str) -> list[str]:
             f"data.num_examples={max(64, args.prompts * args.steps)}",
             f"rollout.num_generations={args.G}", f"rollout.max_completion_length={args.max_tokens}",
             "rollout.temperature=1.0", f"rollout.dtype={args.rollout_dtype}", f"rollout.kv_cache_gib={args.kv_gib}",
+            f"rollout.enforce_eager={'false' if args.compile_engine else 'true'}",
             "algorithm.beta=0.0", "algorithm.num_iterations=1", "algorithm.num_mini_batches=1",
             "algorithm.loss_agg=token_mean", "algorithm.eps_high=0.28",
             "reward.functions=[{name: gsm8k, weight: 1.0, kwargs: {mode: strict}}]",
@@ -139,6 +140,7 @@ def run_steps_child(args) -> dict:
                "--mixed-precision", args.mixed_precision, "--steps", str(args.steps), "--output", str(out)]
         cmd += ["--micro-batch-size", str(args.micro_batch_size)] + (["--train-all-rows"] if args.train_all_rows else [])
         cmd += ["--skip-colocation"] if args.skip_colocation else []
+        cmd += ["--compile-engine"] if args.compile_engine else []
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env)
         if proc.returncode != 0:
@@ -164,7 +166,8 @@ def run_parts_1_to_3(args) -> dict:
     sampling = SamplingConfig(args.G, args.max_tokens, temperature=1.0)
     result["config"] = {k: getattr(args, k) for k in ("model", "model_path", "data", "prompts", "G", "max_tokens",
                                                        "dtype", "rollout_dtype", "mixed_precision", "steps",
-                                                       "micro_batch_size", "train_all_rows", "quick")}
+                                                       "micro_batch_size", "train_all_rows", "compile_engine",
+                                                       "quick")}
     result["prompt_tokens"] = [len(p) for p in prompt_ids]
 
     print("[bench] GEMM peak", file=sys.stderr, flush=True)
@@ -184,7 +187,8 @@ def run_parts_1_to_3(args) -> dict:
     print("[bench] vLLM engine", file=sys.stderr, flush=True)
     with Clock() as startup:
         engine = make_engine("vllm", model_path=args.model_path, dtype=args.rollout_dtype, seed=0,
-                             max_model_len=max(map(len, prompt_ids)) + args.max_tokens, kv_cache_gib=args.kv_gib)
+                             max_model_len=max(map(len, prompt_ids)) + args.max_tokens, kv_cache_gib=args.kv_gib,
+                             enforce_eager=not args.compile_engine)
     try:
         rollout["vllm"], batch = time_rollout(engine, prompt_ids, sampling, args.warm_tokens)
         rollout["vllm"]["startup_s"] = startup.wall
@@ -230,6 +234,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--skip-colocation", action="store_true",
                     help="skip replaying the last step's update after the steps (the colocation figure)")
     ap.add_argument("--micro-batch-size", type=int, default=8, help="rows per forward/backward (default 8)")
+    ap.add_argument("--compile-engine", action="store_true",
+                    help="vLLM compiles its model (rollout.enforce_eager=false): faster sampling, slower start")
     ap.add_argument("--train-all-rows", action="store_true",
                     help="forward/backward every row, zero-advantage ones too (TRL's work); default: skip those")
     ap.add_argument("--quick", action="store_true", help="tiny settings, for the test")

