@@ -102,8 +102,8 @@ class RolloutConfig:
     # GPU: fraction of device memory the colocated engine may take.
     gpu_memory_utilization: float = 0.3
     # false: vLLM compiles its model (torch.compile, from ~/.cache/vllm after the first start). On the
-    # 2-core AVX512-BF16 CPU a bf16 rollout took 9.7 s against 12.2 s eager, for ~25 s more per
-    # engine start (~100 s the first time); fp32 gained nothing in a step (README, "Speed").
+    # 2-core AVX512-BF16 CPU a bf16 rollout took 9.7 s against 12.2 s eager, for 15-20 s more per
+    # engine start (60-95 s the first time); fp32 gained nothing in a step (README, "Speed").
     enforce_eager: bool = True
     # Engine weights dtype; None: model.dtype. bf16 samples ~1.6x faster on AVX512-BF16 CPUs.
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None
