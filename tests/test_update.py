@@ -1,7 +1,9 @@
 """The micro-batched policy update (grpo_trainer/update.py) on a tiny fp64 Llama, no engine.
 
 With plain SGD at lr = 1 the parameter change is exactly minus the gradient, so updates can be
-compared to each other and to a direct full-batch computation of the same objective."""
+compared to each other and to a direct full-batch computation of the same objective. One test
+runs the fp32 model under accelerate's bf16 autocast instead, in a fresh interpreter
+(tests/bf16_casts.py), to count weight casts."""
 
 from __future__ import annotations
 
