@@ -109,8 +109,7 @@ class Critic:
 
     # ------------------------------------------------------------------ values
     def _values(self, mb) -> torch.Tensor:  # (M, C) float32
-        with self.acc.autocast():  # one autocast region for the micro-batch's model calls (forward.py)
-            return completion_values(self.model, mb, self.share_prompt)
+        return completion_values(self.model, mb, self.share_prompt)
 
     def values(self, record: RolloutRecord) -> torch.Tensor:
         """(N, C) float32: V of the state before every completion token, without gradients; 0 at padding."""

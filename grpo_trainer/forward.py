@@ -19,11 +19,11 @@ Log-probs come out only at completion positions, and never as a full-vocabulary 
 needed with gradient checkpointing, where transformers drops the key/value cache inside
 checkpointed layers.
 
-Under bf16 autocast, callers run a micro-batch's model calls inside one autocast region
-(`acc.autocast()`). accelerate enters autocast inside every call of a prepared model, and autocast
-keeps its bf16 copy of each weight only until its outermost region ends: two calls in two regions
-cast every weight twice, and in backward cast both weight gradients back to fp32 and add them,
-about 50 ms a micro-batch for the 135M model (measured: README, "Speed").
+A micro-batch's model calls run inside one autocast region (`_one_autocast_region`). accelerate
+enters autocast inside every call of a prepared model, and autocast keeps its bf16 copy of each
+weight only until its outermost region ends: two calls in two regions cast every weight twice,
+and in backward cast both weight gradients back to fp32 and add them, about 50 ms a micro-batch
+for the 135M model under bf16 (measured: README, "Speed").
 """
 
 from __future__ import annotations
@@ -170,6 +170,14 @@ def micro_batches(rows: list[int], prompts: list[list[int]], completions: list[l
             for p in plan]
 
 
+def _one_autocast_region(device_type: str):
+    """An autocast region that changes no setting (on or off, dtype, cache as the caller has them),
+    so that the autocast regions entered inside it share one weight-cast cache (see above)."""
+    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
+                          enabled=torch.is_autocast_enabled(device_type),
+                          cache_enabled=torch.is_autocast_cache_enabled())
+
+
 def completion_outputs(model, mb: MicroBatch, share_prompt: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The model's output at every position that predicts a completion token, as parts
     [(outputs (M, c + e, ·), the tokens they predict (M, c))] whose c add up to C; the e (0 or 1)
@@ -179,21 +187,22 @@ def completion_outputs(model, mb: MicroBatch, share_prompt: bool = True) -> list
     outputs are logits; the critic's (critic.py) values, one per state before each token."""
     C = mb.completion_ids.shape[1]
     if share_prompt:
-        # 1. Each distinct prompt once; the last position's logits predict completion token 0.
-        positions = (mb.prompt_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: RoPE sees 0, 1, 2, ...
-        out = model(input_ids=mb.prompt_ids, attention_mask=mb.prompt_mask, position_ids=positions,
-                    use_cache=True, logits_to_keep=1)
-        # 2. Every row's completion on a copy of its prompt's keys/values.
-        cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, mb.prompt_index),
-                                              layer.values.index_select(0, mb.prompt_index))
-                                             for layer in out.past_key_values.layers])
-        start = mb.prompt_mask.sum(-1)[mb.prompt_index]  # (M,) each row's prompt length
-        positions = start[:, None] + torch.arange(C, device=start.device)[None]  # (M, C)
-        comp = model(input_ids=mb.completion_ids, attention_mask=mb.attention_mask, position_ids=positions,
-                     past_key_values=cache, use_cache=True, logits_to_keep=C)
-        # Completion position t predicts token t+1 (its last predicts nothing); the prompt's last
-        # position predicts token 0. Kept apart, so the (M, C, V) logits are never copied.
-        return [(out.logits[mb.prompt_index], mb.completion_ids[:, :1]), (comp.logits, mb.completion_ids[:, 1:])]
+        with _one_autocast_region(mb.prompt_ids.device.type):  # both calls: one weight cast
+            # 1. Each distinct prompt once; the last position's logits predict completion token 0.
+            positions = (mb.prompt_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: RoPE sees 0, 1, 2, ...
+            out = model(input_ids=mb.prompt_ids, attention_mask=mb.prompt_mask, position_ids=positions,
+                        use_cache=True, logits_to_keep=1)
+            # 2. Every row's completion on a copy of its prompt's keys/values.
+            cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, mb.prompt_index),
+                                                  layer.values.index_select(0, mb.prompt_index))
+                                                 for layer in out.past_key_values.layers])
+            start = mb.prompt_mask.sum(-1)[mb.prompt_index]  # (M,) each row's prompt length
+            positions = start[:, None] + torch.arange(C, device=start.device)[None]  # (M, C)
+            comp = model(input_ids=mb.completion_ids, attention_mask=mb.attention_mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=C)
+            # Completion position t predicts token t+1 (its last predicts nothing); the prompt's last
+            # position predicts token 0. Kept apart, so the (M, C, V) logits are never copied.
+            return [(out.logits[mb.prompt_index], mb.completion_ids[:, :1]), (comp.logits, mb.completion_ids[:, 1:])]
     attention = mb.attention_mask
     input_ids = torch.cat([mb.prompt_ids[mb.prompt_index], mb.completion_ids], dim=1)  # (M, P+C)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)

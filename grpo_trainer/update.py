@@ -82,8 +82,7 @@ class PolicyUpdater:
         return a.num_iterations > 1 or a.num_mini_batches > 1
 
     def _logprobs(self, model, mb: MicroBatch) -> torch.Tensor:
-        with self.acc.autocast():  # one autocast region for the micro-batch's model calls (forward.py)
-            return completion_logprobs(model, mb, self.temperature, share_prompt=self.share_prompt)[0]
+        return completion_logprobs(model, mb, self.temperature, share_prompt=self.share_prompt)[0]
 
     def _sum(self, *values: float) -> list[float]:
         return self.acc.reduce(torch.tensor(values, dtype=torch.float64, device=self.acc.device), "sum").tolist()
@@ -242,9 +241,8 @@ class PolicyUpdater:
         mask = mb.loss_mask
         C = mask.shape[1]
         rows = torch.tensor(mb.rows, device=mask.device)
-        with self.acc.autocast():  # one autocast region for the micro-batch's model calls (forward.py)
-            logp, entropy = completion_logprobs(self.model, mb, self.temperature, with_entropy=True,
-                                                share_prompt=self.share_prompt, entropy_grad=a.entropy_coef != 0)
+        logp, entropy = completion_logprobs(self.model, mb, self.temperature, with_entropy=True,
+                                            share_prompt=self.share_prompt, entropy_grad=a.entropy_coef != 0)
         old = logp.detach() if old is None else old
         rollout = rec["engine"][rows, :C]  # (M, C) the engine's log-probs, 0 at padding
         rc = a.rollout_correction
