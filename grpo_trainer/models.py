@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from grpo_trainer import attention
+from grpo_trainer import attention, lean_layers
 
 log = logging.getLogger(__name__)
 
@@ -127,4 +127,5 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
         attn_implementation=attention.implementation(attention_gib))
     # Sampling settings shipped with a checkpoint must not override the recipe's.
     model.generation_config.do_sample = True
+    lean_layers.make_lean(model)  # same values and gradients, less kept for backward
     return model

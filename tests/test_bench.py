@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from grpo_trainer.bench import (
     to_json,
     train_flops,
 )
+from grpo_trainer.bench.measure import peak_rss_gib_then_reset
 from grpo_trainer.config import load_config
 from grpo_trainer.hardware import cpu_has_native_bf16
 
@@ -72,7 +74,9 @@ def _result(step: dict | None) -> dict:
 def test_format_table():
     step = {"steps": 3, "step_s_median": 41.25, "step_s_all": [50.0, 41.0, 41.5],
             "phases_s_median": {"rollout": 20.0, "reward": 0.1, "train": 19.0, "sync": 1.0, "step": 41.25},
-            "peak_rss_gib": 3.5, "cores_used_all": [1.9, 1.8, 1.85], "zero_variance_frac_all": [1.0, 0.75, 1.0],
+            "peak_rss_gib": 3.5, "peak_rss_gib_start": 2.0, "peak_rss_gib_all": [3.0, 3.5, 3.25],
+            "peak_rss_by_segment": True, "peak_rss_gib_measuring": 3.75,
+            "cores_used_all": [1.9, 1.8, 1.85], "zero_variance_frac_all": [1.0, 0.75, 1.0],
             "colocation": {"rows": 32, "train_in_step_s": 33.0, "replayed_s": 25.5, "fwd_bwd_s": 24.0,
                            "in_step_over_fwd_bwd": 1.375, "replayed_over_fwd_bwd": 1.0625,
                            "page_faults_in_step": 1234567, "page_faults_replayed_all": [1000, 2000],
@@ -93,6 +97,8 @@ def test_format_table():
     assert "538 MB" in table and "1.08 GB/s" in table
     assert "41.25 s" in table and "rollout 20.00" in table and "peak RSS 3.50 GiB" in table
     assert "cores 1.90, 1.80, 1.85" in table
+    assert "peak RSS (GiB): start 2.00, steps 3.00, 3.50, 3.25 | the bench's own bare/replayed runs 3.75" in table
+    assert "cannot reset" not in table
     assert ("colocation, the last step's 32 rows: train in step 33.00 s | replayed 25.50 s | bare fwd+bwd 24.00 s "
             "-> in step 1.38x, replayed 1.06x the bare") in table
     assert "minor page faults: in step 1,234,567 | replayed 1,000, 2,000 | bare fwd+bwd 30, 40" in table
@@ -101,12 +107,28 @@ def test_format_table():
     assert "no row was trained" not in table  # step 2 had informative groups
     step["zero_variance_frac_all"] = [1.0, 1.0, 1.0]
     assert "no row was trained" in format_table(_result(step))
+    step["peak_rss_by_segment"] = False
+    assert "cannot reset the mark" in format_table(_result(step))
     compiled = _result(step)
     compiled["config"]["compile_engine"] = True
     assert "| compiled engine (--compile-engine)" in format_table(compiled)
     skipped = format_table(_result(None))
     assert [line.split() for line in skipped.splitlines() if line.startswith("GRPO step")] == [
         ["GRPO", "step", "skipped"]]
+
+
+def test_peak_rss_reading_covers_only_what_ran_since_the_last():
+    peak_rss_gib_then_reset()
+    size = 256 * 2**20
+    block = mmap.mmap(-1, size)  # its own mapping: unmapped on close, whatever malloc does
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1  # resident once touched
+    block.close()
+    with_block, by_segment = peak_rss_gib_then_reset()
+    if not by_segment:
+        pytest.skip("this system cannot reset the peak RSS (needs Linux's /proc/self/clear_refs)")
+    after, _ = peak_rss_gib_then_reset()
+    assert with_block - after >= 0.9 * size / 2**30
 
 
 def test_quick_defaults_stay_inside_the_repository_and_cwd():
@@ -214,3 +236,7 @@ def test_quick_steps_replay_the_last_update(tiny_llama: Path, tmp_path: Path):
     [pair] = co["paired"]
     assert pair["step"] == 1 and pair["train_in_step_s"] == co["train_in_step_s"] and pair["fwd_bwd_s"] > 0
     assert co["in_step_over_fwd_bwd_paired"] == pytest.approx(pair["train_in_step_s"] / pair["fwd_bwd_s"], rel=1e-5)
+    # The trainer's peak RSS: its start and its one step, the bench's own runs apart.
+    assert len(res["peak_rss_gib_all"]) == 1 and res["peak_rss_gib_measuring"] > 0
+    assert res["peak_rss_gib"] == max(res["peak_rss_gib_start"], *res["peak_rss_gib_all"])
+    assert res["peak_rss_gib"] <= res["peak_rss_gib_process"] + 1e-3

@@ -37,8 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, time_bare, time_colocation, time_rollout,
-                                        time_sync, time_train)
+from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, peak_rss_gib_then_reset, time_bare,
+                                        time_colocation, time_rollout, time_sync, time_train)
 from grpo_trainer.bench.report import PHASES, format_table, linear_shapes, machine_info, median, to_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,15 +91,21 @@ def run_steps(args) -> dict:
             return out
 
         trainer.updater.run = keep_record
+        # The trainer's peak RSS covers its start and its steps, not the bench's own measurements
+        # between them (bare forward+backward, replays), which allocate on top of what a run holds.
+        start_peak, by_segment = peak_rss_gib_then_reset()
+        trainer_peaks, bench_peaks = [], []
         try:
             for step in range(1, args.steps + 1):
                 trainer.step = step  # train() would also save a checkpoint; we only time steps
                 with Clock() as clock:
                     rows.append(trainer.train_step())
+                trainer_peaks.append(peak_rss_gib_then_reset()[0])
                 cores.append(clock.cores_used)
                 print(f"[bench] step {step}: {rows[-1]['time/step']:.2f} s", file=sys.stderr, flush=True)
                 if not args.skip_colocation and (step > 1 or args.steps == 1):  # as the median, after step 1
                     bare = time_bare(trainer, last[0], args.mixed_precision)
+                    bench_peaks.append(peak_rss_gib_then_reset()[0])
                     paired.append({"step": step, "train_in_step_s": rows[-1]["time/train"], "fwd_bwd_s": bare.wall})
                     print(f"[bench] step {step}: train {rows[-1]['time/train']:.2f} s, its rows' bare forward+backward "
                           f"right after {bare.wall:.2f} s", file=sys.stderr, flush=True)
@@ -110,6 +116,7 @@ def run_steps(args) -> dict:
                       flush=True)
                 colocation = time_colocation(trainer, last[0], rows[-1]["time/train"], last[1],
                                              args.mixed_precision, paired)
+                bench_peaks.append(peak_rss_gib_then_reset()[0])
         finally:
             trainer.reward_fn.close()
             trainer.engine.close()
@@ -124,7 +131,11 @@ def run_steps(args) -> dict:
             "rollout_tokens_per_s_median": median([r["throughput/rollout_tokens_per_s"] for r in timed]),
             "completion_len_mean": median([r["completion/len_mean"] for r in timed]),
             "reward_mean": [r["reward/mean"] for r in rows],
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_rss_gib": max([start_peak] + trainer_peaks), "peak_rss_gib_start": start_peak,
+            "peak_rss_gib_all": trainer_peaks, "peak_rss_by_segment": by_segment,
+            # The bench's bare forward+backward and replays: its own, not the trainer's.
+            "peak_rss_gib_measuring": max(bench_peaks, default=None),
+            "peak_rss_gib_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "colocation": colocation,
             # The output directory is a deleted temporary one: not part of the configuration.
             "config_overrides": [o for o in overrides if not o.startswith("trainer.output_dir=")]

@@ -31,6 +31,22 @@ class Clock:
         self.page_faults = _minor_faults() - self.f0
 
 
+def peak_rss_gib_then_reset() -> tuple[float, bool]:
+    """This process's resident-memory high-water mark since the last call (Linux VmHWM), in GiB,
+    and whether that mark was then reset to the current RSS (by writing 5 to /proc/self/clear_refs),
+    so that the next call covers only what runs in between. Where that is not possible the peak
+    since the process started (ru_maxrss) is returned, with False: later readings then include
+    everything before them."""
+    try:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return kib / 2**20, True
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, False
+
+
 def _best_seconds(fn, repeats: int, min_seconds: float = 0.0) -> float:
     """Fastest of at least `repeats` calls of `fn` (and of `min_seconds` of them, at most 100 calls),
     after one untimed call that picks and packs the kernels. Best-of, since other tenants only ever

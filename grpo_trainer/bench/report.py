@@ -127,6 +127,14 @@ def format_table(result: dict) -> str:
         used = ", cores " + ", ".join(f"{x:.2f}" for x in st["cores_used_all"]) if st.get("cores_used_all") else ""
         lines.append(f"  all steps: {', '.join(f'{x:.2f}' for x in st['step_s_all'])} s{used} | "
                      f"peak RSS {st['peak_rss_gib']:.2f} GiB")
+        if st.get("peak_rss_gib_all"):
+            # Older results have one figure: the whole process's, the bench's own runs included.
+            where = ("" if st.get("peak_rss_by_segment") else
+                     " (this system cannot reset the mark: each figure includes all before it)")
+            lines.append(f"  peak RSS (GiB): start {st['peak_rss_gib_start']:.2f}, steps "
+                         + ", ".join(f"{x:.2f}" for x in st["peak_rss_gib_all"])
+                         + (f" | the bench's own bare/replayed runs {st['peak_rss_gib_measuring']:.2f}"
+                            if st.get("peak_rss_gib_measuring") is not None else "") + where)
         co = st.get("colocation")
         if co:
             lines.append(f"  colocation, the last step's {co['rows']} rows: train in step {co['train_in_step_s']:.2f} s | "
