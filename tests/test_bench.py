@@ -81,8 +81,10 @@ def test_format_table():
                            "in_step_over_fwd_bwd": 1.375, "replayed_over_fwd_bwd": 1.0625,
                            "page_faults_in_step": 1234567, "page_faults_replayed_all": [1000, 2000],
                            "page_faults_fwd_bwd_all": [30, 40],
-                           "paired": [{"step": 2, "train_in_step_s": 20.0, "fwd_bwd_s": 19.0},
-                                      {"step": 3, "train_in_step_s": 33.0, "fwd_bwd_s": 30.0}],
+                           "paired": [{"step": 2, "train_in_step_s": 20.0, "fwd_bwd_s": 19.0,
+                                       "train_page_faults": 250_000, "fwd_bwd_page_faults": 12},
+                                      {"step": 3, "train_in_step_s": 33.0, "fwd_bwd_s": 30.0,
+                                       "train_page_faults": 0, "fwd_bwd_page_faults": 0}],
                            "in_step_over_fwd_bwd_paired": 1.0763}}
     table = format_table(_result(step))
     assert "Test CPU | 2 cores" in table
@@ -104,6 +106,7 @@ def test_format_table():
     assert "minor page faults: in step 1,234,567 | replayed 1,000, 2,000 | bare fwd+bwd 30, 40" in table
     assert ("each step's train phase / its rows' bare fwd+bwd right after: step 2 20.00/19.00 s, "
             "step 3 33.00/30.00 s -> median 1.08x") in table
+    assert "their minor page faults: step 2 250,000/12, step 3 0/0" in table
     assert "no row was trained" not in table  # step 2 had informative groups
     step["zero_variance_frac_all"] = [1.0, 1.0, 1.0]
     assert "no row was trained" in format_table(_result(step))
@@ -235,6 +238,7 @@ def test_quick_steps_replay_the_last_update(tiny_llama: Path, tmp_path: Path):
     # One step: it is paired with its own bare forward+backward (with more steps, every step after the first).
     [pair] = co["paired"]
     assert pair["step"] == 1 and pair["train_in_step_s"] == co["train_in_step_s"] and pair["fwd_bwd_s"] > 0
+    assert pair["train_page_faults"] == co["page_faults_in_step"] and pair["fwd_bwd_page_faults"] >= 0
     assert co["in_step_over_fwd_bwd_paired"] == pytest.approx(pair["train_in_step_s"] / pair["fwd_bwd_s"], rel=1e-5)
     # The trainer's peak RSS: its start and its one step, the bench's own runs apart.
     assert len(res["peak_rss_gib_all"]) == 1 and res["peak_rss_gib_measuring"] > 0

@@ -106,7 +106,9 @@ def run_steps(args) -> dict:
                 if not args.skip_colocation and (step > 1 or args.steps == 1):  # as the median, after step 1
                     bare = time_bare(trainer, last[0], args.mixed_precision)
                     bench_peaks.append(peak_rss_gib_then_reset()[0])
-                    paired.append({"step": step, "train_in_step_s": rows[-1]["time/train"], "fwd_bwd_s": bare.wall})
+                    # The page faults of both: memory the kernel handed over afresh, slow on this machine.
+                    paired.append({"step": step, "train_in_step_s": rows[-1]["time/train"], "fwd_bwd_s": bare.wall,
+                                   "train_page_faults": last[1], "fwd_bwd_page_faults": bare.page_faults})
                     print(f"[bench] step {step}: train {rows[-1]['time/train']:.2f} s, its rows' bare forward+backward "
                           f"right after {bare.wall:.2f} s", file=sys.stderr, flush=True)
             trainer.updater.run = run

@@ -144,6 +144,9 @@ def format_table(result: dict) -> str:
                 lines.append("  colocation, each step's train phase / its rows' bare fwd+bwd right after: " + ", ".join(
                     f"step {p['step']} {p['train_in_step_s']:.2f}/{p['fwd_bwd_s']:.2f} s" for p in co["paired"])
                     + f" -> median {co['in_step_over_fwd_bwd_paired']:.2f}x")
+                if all("train_page_faults" in p for p in co["paired"]):
+                    lines.append("    their minor page faults: " + ", ".join(
+                        f"step {p['step']} {p['train_page_faults']:,}/{p['fwd_bwd_page_faults']:,}" for p in co["paired"]))
             if co.get("page_faults_in_step") is not None:
                 lines.append(f"  minor page faults: in step {co['page_faults_in_step']:,} | replayed "
                              f"{', '.join(f'{n:,}' for n in co['page_faults_replayed_all'])} | bare fwd+bwd "
