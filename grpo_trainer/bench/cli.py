@@ -7,10 +7,11 @@
 3. weight sync: seconds and bytes to push the policy into the vLLM engine;
 4. full `GRPOTrainer.train_step()`s split into phases, with peak RSS. They run in a child process
    (`--only step`) so that the trainer's own vLLM engine never shares a process with part 1's,
-   and so that its peak RSS is the trainer's alone;
+   and so that its peak RSS is the trainer's alone: its start and each step, read apart from
+   part 5's runs between and after them;
 5. colocation: each step's train phase (after the first) against its rows' bare forward+backward
-   run right after that step, then the last step's update replayed on the same rows, whole and as
-   bare forward+backward (see `time_colocation`).
+   run right after that step (seconds and page faults), then the last step's update replayed on
+   the same rows, whole and as bare forward+backward (see `time_colocation`).
 
     python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--data FILE] [--output PATH]
 
