@@ -14,6 +14,7 @@ so micro-batch size and clipping are written once, in the recipe.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import logging
@@ -48,7 +49,16 @@ def make_accelerator(mixed_precision: str, micro_batch_size: int, max_grad_norm:
     acc = Accelerator(cpu=on_cpu and not ds, mixed_precision=mixed_precision, kwargs_handlers=handlers,
                       step_scheduler_with_optimizer=False)
     configure(acc, micro_batch_size, max_grad_norm)
+    atexit.register(_destroy_process_group)
     return acc
+
+
+def _destroy_process_group() -> None:
+    """Tear the launch's process group down while Python still runs: left to the destructors at
+    interpreter exit, gloo's group once aborted a finished 2-process script ("terminate called
+    without an active exception", SIGABRT, exit code -6; tests/reward_guard_ranks.py)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def deepspeed_plugin(acc):

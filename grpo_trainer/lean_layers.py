@@ -67,10 +67,11 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx, d_out):  # d_out (..., H)
         x, weight, r = ctx.saved_tensors
         x32 = x.to(torch.float32)
-        normed = x32 * r  # the forward's value, recomputed
         # Each line is the derivative formula autograd runs for the forward's op (torch's
-        # derivatives.yaml), last op first, so that every rounding is the same.
-        d_weight = (d_out * normed.to(x.dtype)).sum_to_size(weight.shape) if ctx.needs_input_grad[2] else None
+        # derivatives.yaml), last op first, so that every rounding is the same. The normalised x
+        # is recomputed only for the weight's gradient (none for a frozen norm, as under LoRA).
+        d_weight = ((d_out * (x32 * r).to(x.dtype)).sum_to_size(weight.shape) if ctx.needs_input_grad[2]
+                    else None)
         if not ctx.needs_input_grad[0]:
             return None, None, d_weight, None
         # Autograd rounds a gradient to its input's dtype; the cast back to fp32 is then exact.

@@ -31,7 +31,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -138,7 +137,7 @@ def run_steps(args) -> dict:
             "peak_rss_gib_all": trainer_peaks, "peak_rss_by_segment": by_segment,
             # The bench's bare forward+backward and replays: its own, not the trainer's.
             "peak_rss_gib_measuring": max(bench_peaks, default=None),
-            "peak_rss_gib_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_rss_gib_process": max([start_peak] + trainer_peaks + bench_peaks),
             "colocation": colocation,
             # The output directory is a deleted temporary one: not part of the configuration.
             "config_overrides": [o for o in overrides if not o.startswith("trainer.output_dir=")]

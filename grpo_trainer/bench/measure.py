@@ -36,7 +36,8 @@ def peak_rss_gib_then_reset() -> tuple[float, bool]:
     and whether that mark was then reset to the current RSS (by writing 5 to /proc/self/clear_refs),
     so that the next call covers only what runs in between. Where that is not possible the peak
     since the process started (ru_maxrss) is returned, with False: later readings then include
-    everything before them."""
+    everything before them. The reset also resets ru_maxrss (the kernel keeps one mark), so the
+    process's peak is the largest of these readings, not ru_maxrss read at the end."""
     try:
         with open("/proc/self/status") as status:
             kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
