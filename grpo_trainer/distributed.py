@@ -14,12 +14,13 @@ so micro-batch size and clipping are written once, in the recipe.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import copy
 import logging
 import math
 import os
+import sys
+import weakref
 
 import torch
 
@@ -49,7 +50,10 @@ def make_accelerator(mixed_precision: str, micro_batch_size: int, max_grad_norm:
     acc = Accelerator(cpu=on_cpu and not ds, mixed_precision=mixed_precision, kwargs_handlers=handlers,
                       step_scheduler_with_optimizer=False)
     configure(acc, micro_batch_size, max_grad_norm)
-    atexit.register(_destroy_process_group)
+    # A finalizer, not atexit: at exit finalizers run newest first, so a vLLM engine made after this
+    # shuts down first (its own finalizer destroys its subgroups, then this group). An atexit
+    # handler would run before every finalizer, and vLLM's would then fail on destroyed groups.
+    weakref.finalize(sys.modules[__name__], _destroy_process_group)
     return acc
 
 
