@@ -228,10 +228,11 @@ def completion_logprobs(model, mb: MicroBatch, temperature: float, with_entropy:
     for logits, targets in completion_outputs(model, mb, share_prompt):  # logits (M, c + e, V), targets (M, c)
         c = targets.shape[1]
         targets = torch.nn.functional.pad(targets, (0, logits.shape[1] - c))  # token 0 where nothing is predicted
+        # Nothing but the log-probs reads these logits after this, unless the entropy has a gradient.
         if with_entropy and not entropy_grad:
-            lp, ent = selective_log_softmax_and_entropy(logits, targets, temperature=temperature)
+            lp, ent = selective_log_softmax_and_entropy(logits, targets, temperature=temperature, reuse_logits=True)
         else:
-            lp = selective_log_softmax(logits, targets, temperature=temperature)
+            lp = selective_log_softmax(logits, targets, temperature=temperature, reuse_logits=not with_entropy)
             ent = entropy_from_logits(logits, temperature=temperature) if with_entropy else None
         logp.append(lp[:, :c])
         entropy.append(None if ent is None else ent[:, :c])

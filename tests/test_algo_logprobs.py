@@ -149,6 +149,51 @@ def test_the_fused_pass_gives_both_values_and_the_log_probs_gradient(chunk, dtyp
     assert torch.equal(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fused", [False, True])
+def test_reusing_the_logits_memory_gives_the_same_gradients_in_it(temperature, dtype, fused):
+    # The logits as a layer's output, as in the model: h -> h @ W^T -> log-probs. With reuse_logits
+    # the logits' gradient is the logits' own storage and the gradients of h and W keep their bits.
+    gen = torch.Generator().manual_seed(2)
+    h0 = torch.randn(3, 7, 5, generator=gen).to(dtype)
+    w0 = torch.randn(11, 5, generator=gen).to(dtype)
+    index = torch.randint(0, 11, (3, 7), generator=gen)
+    weights = torch.randn(3, 7, generator=gen)
+    grads, storage = [], []
+    for reuse in (False, True):
+        h, w = h0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        logits = h @ w.T  # (3, 7, 11)
+        logits.register_hook(lambda g, logits=logits: storage.append(g.data_ptr() == logits.data_ptr()))
+        if fused:
+            logp = selective_log_softmax_and_entropy(logits, index, chunk_size=5, temperature=temperature,
+                                                     reuse_logits=reuse)[0]
+        else:
+            logp = selective_log_softmax(logits, index, chunk_size=5, temperature=temperature, reuse_logits=reuse)
+        (logp * weights).sum().backward()
+        grads.append((h.grad, w.grad))
+    assert storage == [False, True]
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+def test_reused_logits_that_another_node_saved_fail_loudly():
+    # An entropy with a gradient reads the logits in its backward. Autograd runs the later-made
+    # node first: made after the log-probs, it reads them before they are overwritten (the same
+    # gradient); made before, its read must raise torch's in-place error, never give a wrong one.
+    logits, index = make()
+    grads = []
+    for reuse in (False, True):
+        x = logits.clone().requires_grad_(True)
+        y = x * 1.0
+        (selective_log_softmax(y, index, reuse_logits=reuse) + entropy_from_logits(y)).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
+    y = logits.clone().requires_grad_(True) * 1.0
+    out = entropy_from_logits(y) + selective_log_softmax(y, index, reuse_logits=True)
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        out.sum().backward()
+
+
 def test_gradcheck_fp64():
     logits, index = make(n=2, t=3, v=5, dtype=torch.float64)
     x = logits.requires_grad_(True)

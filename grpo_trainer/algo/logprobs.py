@@ -16,6 +16,13 @@ Autograd goes through hand-written backward passes instead of recording the chun
 because recording would keep every chunk's fp32 upcast alive until backward, i.e. the full
 (N, T, V) fp32 tensor after all. Backward recomputes each chunk's softmax from the saved
 logits and the saved (N, T) logsumexp. Double backward is not supported.
+
+With ``reuse_logits=True`` the log-probs' backward writes the logits' gradient into the logits'
+own memory, chunk by chunk, instead of a second (N, T, V) tensor: each chunk is read before it
+is overwritten and never read again, so the gradient has the same bits. That tensor is allocated
+when every activation of the forward is still held, so this lowers the update's peak by its size
+(8 x 128 tokens at V = 49k: 201 MB in fp32). Only for logits nothing else reads after the call;
+another autograd node that saved them fails loudly (torch's in-place check), it is not misled.
 """
 
 from __future__ import annotations
@@ -127,11 +134,12 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
     empty tensor otherwise)."""
 
     @staticmethod
-    def forward(ctx, logits, index, chunk_tokens, with_entropy, temperature):  # (N, T, V), (N, T), int, bool, float
+    def forward(ctx, logits, index, chunk_tokens, with_entropy, temperature, reuse_logits):
+        # logits (N, T, V), index (N, T), chunk_tokens int, with_entropy bool, temperature float, reuse_logits bool
         out, lse, ent = _log_softmax_chunks(logits, index, chunk_tokens, with_entropy, temperature)
         ent = out.new_empty(0) if ent is None else ent
         ctx.save_for_backward(logits, index, lse)
-        ctx.chunk_tokens, ctx.temperature = chunk_tokens, temperature
+        ctx.chunk_tokens, ctx.temperature, ctx.reuse_logits = chunk_tokens, temperature, reuse_logits
         ctx.mark_non_differentiable(ent)
         return out, ent
 
@@ -139,10 +147,10 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_entropy):  # grad_out: (N, T)
         logits, index, lse = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         n, t, _ = logits.shape
         temperature = ctx.temperature
-        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        grad = logits.detach() if ctx.reuse_logits else torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         for rs, cs in _chunks(n, t, ctx.chunk_tokens):
             x = _scaled_chunk(logits, rs, cs, lse.dtype, temperature)
             g = grad_out[rs, cs].unsqueeze(-1).to(lse.dtype)
@@ -150,7 +158,7 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
             d = torch.exp(x - lse[rs, cs].unsqueeze(-1)).mul_(-g)
             d.scatter_add_(-1, index[rs, cs].unsqueeze(-1), g)
             grad[rs, cs] = d if temperature == 1.0 else d.div_(temperature)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 class _Entropy(torch.autograd.Function):
@@ -194,6 +202,7 @@ def selective_log_softmax(
     index: torch.Tensor,  # (N, T) int64 token ids in [0, V)
     chunk_size: int | None = None,
     temperature: float = 1.0,
+    reuse_logits: bool = False,
 ) -> torch.Tensor:  # (N, T)
     """log softmax(logits / temperature)[n, t, index[n, t]]: the per-token log pi(o_t | q, o_<t)
     of the policy that sampled at that temperature.
@@ -205,18 +214,19 @@ def selective_log_softmax(
     ``chunk_size * V`` in fp32.
 
     Returns fp64 for fp64 logits and fp32 otherwise (bf16/fp16 are upcast per chunk).
-    Differentiable with respect to ``logits`` (first-order only).
+    Differentiable with respect to ``logits`` (first-order only); ``reuse_logits``: their
+    gradient overwrites them (see the module's docstring).
     """
-    return _selective(logits, index, chunk_size, False, temperature)[0]
+    return _selective(logits, index, chunk_size, False, temperature, reuse_logits)[0]
 
 
-def _selective(logits, index, chunk_size: int | None, with_entropy: bool,
-               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _selective(logits, index, chunk_size: int | None, with_entropy: bool, temperature: float,
+               reuse_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
     chunk_size = _check_logits(logits, chunk_size, index, temperature)
     if logits.shape[0] * logits.shape[1] == 0:
         empty = logits.new_zeros(logits.shape[:2], dtype=_compute_dtype(logits.dtype))
         return empty, empty.clone()
-    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, with_entropy, float(temperature))
+    return _SelectiveLogSoftmax.apply(logits, index, chunk_size, with_entropy, float(temperature), bool(reuse_logits))
 
 
 def selective_log_softmax_and_entropy(
@@ -224,6 +234,7 @@ def selective_log_softmax_and_entropy(
     index: torch.Tensor,  # (N, T) int64 token ids in [0, V)
     chunk_size: int | None = None,
     temperature: float = 1.0,
+    reuse_logits: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # (N, T) log-probs, (N, T) entropy
     """:func:`selective_log_softmax` and, from the same pass over the logits, the entropy of
     :func:`entropy_from_logits` *without* gradient: the monitored entropy (DAPO, arXiv
@@ -231,7 +242,7 @@ def selective_log_softmax_and_entropy(
     (bit-identical to computing it apart). The log-probs are differentiable as in
     :func:`selective_log_softmax`; for an entropy bonus with a gradient use
     :func:`entropy_from_logits`."""
-    return _selective(logits, index, chunk_size, True, temperature)
+    return _selective(logits, index, chunk_size, True, temperature, reuse_logits)
 
 
 def entropy_from_logits(
