@@ -25,7 +25,8 @@ from grpo_trainer.bench import (
     to_json,
     train_flops,
 )
-from grpo_trainer.bench.measure import peak_rss_gib_then_reset
+from grpo_trainer.bench.measure import peak_rss_gib_then_reset, rollout_gemm_floor
+from grpo_trainer.bench.report import merged_shapes
 from grpo_trainer.config import load_config
 from grpo_trainer.hardware import cpu_has_native_bf16
 
@@ -46,6 +47,22 @@ def test_flop_formulas():
     assert sum(k * n * count for k, n, count in shapes) == 134_479_872 == 134_515_008 - 61 * 576
     assert linear_flops(shapes, 1_000) == 6 * 1_000 * 134_479_872
     assert linear_shapes(SimpleNamespace(hidden_size=768, n_layer=12)) == []  # not Llama-shaped: no line
+    # vLLM's layout: qkv 576 -> 576 + 2*192 = 960, gate_up 576 -> 3072; the same weights in all
+    merged = merged_shapes(shapes)
+    assert merged == [(576, 960, 30), (576, 576, 30), (576, 3072, 30), (1536, 576, 30), (576, 49_152, 1)]
+    assert sum(k * n * count for k, n, count in merged) == 134_479_872
+    assert merged_shapes([]) == []
+
+
+def test_rollout_gemm_floor_counts_one_step_per_token_after_the_first():
+    # Completions of 3, 1 and 2 tokens: the prefill gives each its first; then step 1 runs the
+    # two still going (3 and 2 tokens), step 2 the one of 3 tokens.
+    shapes = [(8, 16, 2), (16, 8, 2), (8, 32, 1)]
+    floor = rollout_gemm_floor(shapes, [5, 7], [3, 1, 2], "float32", repeats=1)
+    assert floor["decode_steps"] == 2 and floor["dtype"] == "float32"
+    assert floor["seconds"] == pytest.approx(floor["prefill_s"] + floor["decode_s"])
+    assert floor["prefill_s"] > 0 and floor["decode_s"] > 0
+    assert rollout_gemm_floor(shapes, [5], [1, 1], "float32", repeats=1)["decode_steps"] == 0
 
 
 def test_to_json_drops_non_finite_and_rounds():
@@ -59,7 +76,8 @@ def _result(step: dict | None) -> dict:
         "config": {"model": "m", "data": "synthetic", "prompts": 4, "G": 8, "max_tokens": 128, "dtype": "float32",
                    "rollout_dtype": "float32", "mixed_precision": "no"},
         "rollout": {"vllm": {"generated_tokens": 4096, "seconds": 8.0, "tokens_per_s": 512.0, "cores_used": 1.95,
-                             "startup_s": 11.5},
+                             "startup_s": 11.5, "gemm_floor": {"seconds": 6.5, "prefill_s": 0.5, "decode_s": 6.0,
+                                                                "decode_steps": 127, "dtype": "float32"}},
                     "hf": {"generated_tokens": 4096, "seconds": 32.0, "tokens_per_s": 128.0},
                     "vllm_over_hf": 4.0},
         # 6 * 135e6 * 7_000 = 5.67e12 FLOP in 30 s = 1.89e11 FLOP/s; / 3.78e11 peak = 50.0 %
@@ -91,6 +109,8 @@ def test_format_table():
     assert "135.0M params" in table
     assert "vLLM / HF generate: 4.00x" in table
     assert "vLLM engine start: 11.50 s" in table
+    assert ("the model's linear GEMMs alone at its prefill and each decode step's rows: 6.50 s (0.50 s + 127 steps "
+            "6.00 s), the floor for this rollout in float32") in table
     assert "compiled engine" not in table
     vllm_row = next(line for line in table.splitlines() if line.startswith("rollout vllm"))
     assert vllm_row.split()[-3:] == ["512", "tok/s", "1.95"]  # rate, then the cores it got
@@ -190,6 +210,9 @@ def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
         assert r["completions"] == P * G  # 2 * 2
         assert 0 < r["generated_tokens"] <= P * G * T and r["seconds"] > 0 and r["tokens_per_s"] > 0
     assert res["rollout"]["vllm_over_hf"] > 0
+    floor = res["rollout"]["vllm"]["gemm_floor"]
+    assert floor["dtype"] == "float32" and floor["seconds"] > 0 and "the floor for this rollout" in proc.stdout
+    assert floor["decode_steps"] == res["rollout"]["vllm"]["max_completion_tokens"] - 1
     tr = res["train"]
     # tiny Llama: embed 49152*128 = 6_291_456 (tied with lm_head); per layer q 128*128 + k,v 2*128*64 +
     # o 128*128 + mlp 3*128*256 + 2 norms*128 = 147_712, two layers; final norm 128 -> 6_587_008
@@ -214,6 +237,11 @@ def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
     assert res["step"] is None
     assert res["machine"]["cores"] > 0 and res["machine"]["torch"]
     assert "rollout vllm" in proc.stdout and "weight sync" in proc.stdout
+    # The console has the bench's own lines and table; vLLM's and transformers' output is in the log.
+    log = "runs/bench/logs/third_party.rank0.log"  # beside the JSON
+    assert "[bench] vLLM engine" in proc.stderr and f"own output: {log}" in proc.stderr
+    assert "INFO" not in proc.stdout + proc.stderr and "Loading weights" not in proc.stdout + proc.stderr
+    assert "vllm" in (tmp_path / log).read_text().lower()
 
 
 @pytest.mark.slow

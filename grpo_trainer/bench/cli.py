@@ -37,9 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, peak_rss_gib_then_reset, time_bare,
-                                        time_colocation, time_rollout, time_sync, time_train)
-from grpo_trainer.bench.report import PHASES, format_table, linear_shapes, machine_info, median, to_json
+from grpo_trainer import console
+from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, peak_rss_gib_then_reset, rollout_gemm_floor,
+                                        time_bare, time_colocation, time_rollout, time_sync, time_train)
+from grpo_trainer.bench.report import (PHASES, format_table, linear_shapes, machine_info, median, merged_shapes,
+                                       to_json)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT_DIR = Path("runs/bench")  # relative to the current directory, like recipes' runs/...
@@ -102,20 +104,19 @@ def run_steps(args) -> dict:
                     rows.append(trainer.train_step())
                 trainer_peaks.append(peak_rss_gib_then_reset()[0])
                 cores.append(clock.cores_used)
-                print(f"[bench] step {step}: {rows[-1]['time/step']:.2f} s", file=sys.stderr, flush=True)
+                say(f"[bench] step {step}: {rows[-1]['time/step']:.2f} s")
                 if not args.skip_colocation and (step > 1 or args.steps == 1):  # as the median, after step 1
                     bare = time_bare(trainer, last[0], args.mixed_precision)
                     bench_peaks.append(peak_rss_gib_then_reset()[0])
                     # The page faults of both: memory the kernel handed over afresh, slow on this machine.
                     paired.append({"step": step, "train_in_step_s": rows[-1]["time/train"], "fwd_bwd_s": bare.wall,
                                    "train_page_faults": last[1], "fwd_bwd_page_faults": bare.page_faults})
-                    print(f"[bench] step {step}: train {rows[-1]['time/train']:.2f} s, its rows' bare forward+backward "
-                          f"right after {bare.wall:.2f} s", file=sys.stderr, flush=True)
+                    say(f"[bench] step {step}: train {rows[-1]['time/train']:.2f} s, its rows' bare forward+backward "
+                        f"right after {bare.wall:.2f} s")
             trainer.updater.run = run
             colocation = None
             if not args.skip_colocation:
-                print("[bench] the last update again, replayed and as bare forward+backward", file=sys.stderr,
-                      flush=True)
+                say("[bench] the last update again, replayed and as bare forward+backward")
                 colocation = time_colocation(trainer, last[0], rows[-1]["time/train"], last[1],
                                              args.mixed_precision, paired)
                 bench_peaks.append(peak_rss_gib_then_reset()[0])
@@ -155,10 +156,13 @@ def run_steps_child(args) -> dict:
         cmd += ["--skip-colocation"] if args.skip_colocation else []
         cmd += ["--compile-engine"] if args.compile_engine else []
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env)
+        cmd += ["--log-dir", args.log_dir] + (["--verbose"] if args.verbose else [])
+        cmd += ["--quick"] if args.quick else []
+        # On the terminal's descriptors: the child keeps its own third-party output in the same log.
+        proc = subprocess.run(cmd, env=env, stdout=console.out(), stderr=console.err())
         if proc.returncode != 0:
             raise RuntimeError(f"the GRPO step benchmark (--only step) failed with exit code {proc.returncode}; "
-                               "see its output above, or rerun with --skip-step")
+                               f"see its lines above and {console.log_path(args.log_dir)}, or rerun with --skip-step")
         return json.loads(out.read_text())
 
 
@@ -183,7 +187,7 @@ def run_parts_1_to_3(args) -> dict:
                                                        "quick")}
     result["prompt_tokens"] = [len(p) for p in prompt_ids]
 
-    print("[bench] GEMM peak", file=sys.stderr, flush=True)
+    say("[bench] GEMM peak")
     peak_dtype = "bfloat16" if args.mixed_precision == "bf16" or args.dtype == "bfloat16" else "float32"
     # Without native bf16 a 2048^2 bf16 matmul takes about a minute (0.7 GFLOP/s on an AVX2 CPU)
     # and says nothing the fp32 run does not: the trainer falls back to fp32 there.
@@ -193,11 +197,11 @@ def run_parts_1_to_3(args) -> dict:
     rollout: dict = {"hf": None}
     # HF generate first, in a process vLLM has not yet touched (it re-pins threads on CPU).
     if not args.skip_hf:
-        print("[bench] HF generate", file=sys.stderr, flush=True)
+        say("[bench] HF generate")
         hf = make_engine("hf", model_path=args.model_path, policy=policy, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
         rollout["hf"], _ = time_rollout(hf, prompt_ids, sampling, args.warm_tokens, args.mixed_precision)
-    print("[bench] vLLM engine", file=sys.stderr, flush=True)
+    say("[bench] vLLM engine")
     with Clock() as startup:
         engine = make_engine("vllm", model_path=args.model_path, dtype=args.rollout_dtype, seed=0,
                              max_model_len=max(map(len, prompt_ids)) + args.max_tokens, kv_cache_gib=args.kv_gib,
@@ -205,17 +209,24 @@ def run_parts_1_to_3(args) -> dict:
     try:
         rollout["vllm"], batch = time_rollout(engine, prompt_ids, sampling, args.warm_tokens)
         rollout["vllm"]["startup_s"] = startup.wall
-        print("[bench] weight sync", file=sys.stderr, flush=True)
+        say("[bench] weight sync")
         result["sync"] = time_sync(engine, policy, args.sync_repeats)
     finally:
         engine.close()
         del engine
         gc.collect()
+    shapes = linear_shapes(policy.config)
+    if shapes:  # with all cores, as the engine had them; in the dtype the engine sampled in
+        torch.set_num_threads(cores)
+        native = args.rollout_dtype == "float32" or cpu_has_native_bf16()
+        rollout["vllm"]["gemm_floor"] = rollout_gemm_floor(
+            merged_shapes(shapes), [len(p) for p in prompt_ids], [len(c) for c in batch.completion_ids],
+            args.rollout_dtype if native else "float32", args.gemm_repeats)
     if rollout["hf"]:
         rollout["vllm_over_hf"] = rollout["vllm"]["tokens_per_s"] / rollout["hf"]["tokens_per_s"]
     result["rollout"] = rollout
     torch.set_num_threads(cores)
-    print("[bench] trainer forward+backward", file=sys.stderr, flush=True)
+    say("[bench] trainer forward+backward")
     train = time_train(policy, batch, tok.pad_token_id, args.mixed_precision, args.micro_batch_size)
     # Again right after, under the same vLLM thread binding as the trainer; keep the best of both.
     gemm_runs.append(gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds, dtypes))
@@ -223,7 +234,6 @@ def run_parts_1_to_3(args) -> dict:
     train.update(gemm_n=args.gemm_n, gemm_peak_flops_per_s=peaks, gemm_runs=gemm_runs, peak_dtype=peak_dtype,
                  peak_fraction=train["flops_per_s"] / peaks[peak_dtype], threads=torch.get_num_threads())
     # The same GEMMs alone, at a micro-batch's rows: how much of the peak this model's shapes allow.
-    shapes = linear_shapes(policy.config)
     if shapes:
         gemms = model_gemm_rate(shapes, train["tokens"] // train["micro_batches"], peak_dtype, args.gemm_repeats)
         train["model_gemms"] = {**gemms, "peak_fraction": gemms["flops_per_s"] / peaks[peak_dtype]}
@@ -252,7 +262,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-all-rows", action="store_true",
                     help="forward/backward every row, zero-advantage ones too (TRL's work); default: skip those")
     ap.add_argument("--quick", action="store_true", help="tiny settings, for the test")
+    ap.add_argument("--verbose", action="store_true",
+                    help="vLLM's, transformers' and torch's own output on the console too (default: in "
+                         "logs/ beside --output)")
     ap.add_argument("--only", choices=["step"], help=argparse.SUPPRESS)  # the part-4 child process
+    ap.add_argument("--log-dir", help=argparse.SUPPRESS)  # the child's: the parent's logs/ directory
     ap.add_argument("--output", help=f"the JSON file (default: {DEFAULT_OUTPUT_DIR}/bench-YYYYMMDD-HHMMSS.json "
                                      "under the current directory)")
     args = ap.parse_args(argv)
@@ -271,6 +285,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def say(text: str) -> None:
+    """One of the bench's own lines, on the terminal even while third-party output goes to the log."""
+    print(text, file=console.err(), flush=True)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from grpo_trainer.hardware import keep_freed_memory
@@ -279,17 +298,21 @@ def main(argv=None) -> dict:
     keep_freed_memory()  # as the trainer does, so that parts 1-3 measure what a run gets
 
     args.model_path = resolve_model_path(args.model)
-    if args.only == "step":
-        result = run_steps(args)
-        Path(args.output).write_text(to_json(result))
-        return result
-    result = run_parts_1_to_3(args)
-    result["step"] = None
-    if not args.skip_step:
-        print("[bench] GRPO steps (child process)", file=sys.stderr, flush=True)
-        result["step"] = run_steps_child(args)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(to_json(result) + "\n")
-    print(format_table(result), flush=True)
-    print(f"[bench] wrote {args.output}", file=sys.stderr)
+    args.verbose = console.verbose_requested(args.verbose)
+    args.log_dir = args.log_dir or str(Path(args.output).parent)
+    with console.quiet(args.log_dir, args.verbose) as log:
+        if args.only == "step":
+            result = run_steps(args)
+            Path(args.output).write_text(to_json(result))
+            return result
+        if not args.verbose:
+            say(f"[bench] vLLM's, transformers' and torch's own output: {log} (--verbose shows it here)")
+        result = run_parts_1_to_3(args)
+        result["step"] = None
+        if not args.skip_step:
+            say("[bench] GRPO steps (child process)")
+            result["step"] = run_steps_child(args)
+        Path(args.output).write_text(to_json(result) + "\n")
+        print(format_table(result), file=console.out(), flush=True)
+        say(f"[bench] wrote {args.output}")
     return result

@@ -91,6 +91,34 @@ def model_gemm_rate(shapes: list[tuple[int, int, int]], tokens: int, dtype: str,
     return {"tokens": tokens, "dtype": dtype, "flops": flops, "seconds": seconds, "flops_per_s": flops / seconds}
 
 
+def rollout_gemm_floor(shapes: list[tuple[int, int, int]], prompt_lens: list[int], completion_lens: list[int],
+                       dtype: str, repeats: int) -> dict:
+    """Seconds the model's linear GEMMs alone (`report.merged_shapes`, forward only) take for one
+    rollout: each prompt's prefill once (its LM head on its last token only), then one step per
+    generated token after the first, at as many rows as completions still running then. Best-of
+    each; no attention, sampling or scheduling: no engine on this CPU can sample those tokens faster
+    with these GEMM kernels."""
+    import torch
+
+    dt = getattr(torch, dtype)
+
+    def forward_s(rows: int, head_rows: int) -> float:
+        mats = [(torch.randn(rows, k).to(dt), torch.randn(n, k).to(dt), count) for k, n, count in shapes[:-1]]
+        k, n, _ = shapes[-1]
+        head = (torch.randn(head_rows, k).to(dt), torch.randn(n, k).to(dt))
+        return (sum(count * _best_seconds(lambda: x @ w.t(), repeats) for x, w, count in mats)
+                + _best_seconds(lambda: head[0] @ head[1].t(), repeats))
+
+    prefill = forward_s(sum(prompt_lens), len(prompt_lens))
+    steps: dict[int, int] = {}  # running rows -> decode steps at that many
+    for t in range(1, max(completion_lens, default=0)):
+        rows = sum(1 for n in completion_lens if n > t)
+        steps[rows] = steps.get(rows, 0) + 1
+    decode = sum(count * forward_s(rows, rows) for rows, count in steps.items())
+    return {"seconds": prefill + decode, "prefill_s": prefill, "decode_s": decode,
+            "decode_steps": sum(steps.values()), "dtype": dtype}
+
+
 def _autocast(mixed: str):
     import torch
 
@@ -108,7 +136,8 @@ def time_rollout(engine, prompt_ids, sampling, warm_tokens: int, mixed: str = "n
     n = batch.num_tokens
     return {"seconds": clock.wall, "generated_tokens": n, "tokens_per_s": n / clock.wall,
             "cores_used": clock.cores_used, "completions": len(batch.completion_ids),
-            "truncated_frac": sum(batch.truncated) / max(len(batch.truncated), 1)}, batch
+            "truncated_frac": sum(batch.truncated) / max(len(batch.truncated), 1),
+            "max_completion_tokens": max(map(len, batch.completion_ids), default=0)}, batch
 
 
 def _fwd_bwd(model, mbs, mixed: str) -> Clock:

@@ -42,6 +42,15 @@ def linear_shapes(config) -> list[tuple[int, int, int]]:
             (d, config.vocab_size, 1)]
 
 
+def merged_shapes(shapes: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """`linear_shapes` as an inference engine multiplies them: q, k and v as one GEMM, gate and up
+    as one (vLLM's QKVParallelLinear and MergedColumnParallelLinear), o, down and the LM head."""
+    if not shapes:
+        return []
+    (d, q, layers), (_, kv, _), (_, _, _), (_, ff, _), (_, _, _), (_, vocab, _) = shapes
+    return [(d, q + 2 * kv, layers), (q, d, layers), (d, 2 * ff, layers), (ff, d, layers), (d, vocab, 1)]
+
+
 def linear_flops(shapes: list[tuple[int, int, int]], tokens: int) -> float:
     """Forward+backward FLOPs of those GEMMs over `tokens` rows: x@W.T, then g@W and g.T@x."""
     return sum(3 * 2.0 * tokens * k * n * count for k, n, count in shapes)
@@ -101,6 +110,11 @@ def format_table(result: dict) -> str:
                                     _si(r["tokens_per_s"], "tok/s"), cores(r)))
     if result["rollout"].get("vllm_over_hf"):
         lines.append(f"  vLLM / HF generate: {result['rollout']['vllm_over_hf']:.2f}x")
+    floor = result["rollout"].get("vllm", {}).get("gemm_floor")
+    if floor:
+        lines.append(f"  the model's linear GEMMs alone at its prefill and each decode step's rows: "
+                     f"{_secs(floor['seconds'])} ({_secs(floor['prefill_s'])} + {floor['decode_steps']} steps "
+                     f"{_secs(floor['decode_s'])}), the floor for this rollout in {floor['dtype']}")
     if result["rollout"].get("vllm", {}).get("startup_s") is not None:  # a compiled engine pays here
         lines.append(f"  vLLM engine start: {_secs(result['rollout']['vllm']['startup_s'])}")
     t = result["train"]
