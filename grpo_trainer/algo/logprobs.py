@@ -19,10 +19,10 @@ logits and the saved (N, T) logsumexp. Double backward is not supported.
 
 With ``reuse_logits=True`` the log-probs' backward writes the logits' gradient into the logits'
 own memory, chunk by chunk, instead of a second (N, T, V) tensor: each chunk is read before it
-is overwritten and never read again, so the gradient has the same bits. That tensor is allocated
-when every activation of the forward is still held, so this lowers the update's peak by its size
-(8 x 128 tokens at V = 49k: 201 MB in fp32). Only for logits nothing else reads after the call;
-another autograd node that saved them fails loudly (torch's in-place check), it is not misled.
+is overwritten and never read again, so the gradient has the same bits. That second tensor was
+allocated while every activation of the forward was still held (8 x 128 tokens at V = 49k:
+201 MB in fp32). Only for logits nothing else reads after the call; another autograd node that
+saved them and runs after this backward fails loudly (torch's in-place check), it is not misled.
 """
 
 from __future__ import annotations
@@ -150,7 +150,10 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
             return None, None, None, None, None, None
         n, t, _ = logits.shape
         temperature = ctx.temperature
-        grad = logits.detach() if ctx.reuse_logits else torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        if ctx.reuse_logits:
+            grad = logits.detach()  # same storage and version counter: a later reader of the logits raises
+        else:
+            grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         for rs, cs in _chunks(n, t, ctx.chunk_tokens):
             x = _scaled_chunk(logits, rs, cs, lse.dtype, temperature)
             g = grad_out[rs, cs].unsqueeze(-1).to(lse.dtype)

@@ -1,6 +1,7 @@
 """Where a GRPO step's time goes on this machine, measured on the same prompts:
 
-1. rollout tokens/s: the vLLM engine vs transformers `generate` (P x G completions, EOS allowed);
+1. rollout tokens/s: the vLLM engine vs transformers `generate` (P x G completions, EOS allowed),
+   beside the time the model's linear GEMMs alone take for the same tokens (the rollout's floor);
 2. trainer tokens/s: forward+backward of the policy on those completions (micro-batches of 8),
    the implied FLOP rate 6*N*tokens and its fraction of the measured 2048^2 GEMM peak, beside the
    rate of the model's own linear GEMMs alone (the ceiling its shapes allow);
@@ -16,7 +17,7 @@
     python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--data FILE] [--output PATH]
 
 Prints a table and writes JSON, by default to runs/bench/bench-YYYYMMDD-HHMMSS.json under the
-current directory. The default data are the built-in synthetic GSM8K-style problems; the README's
+current directory; vLLM's, transformers' and torch's own output goes to logs/ beside it. The default data are the built-in synthetic GSM8K-style problems; the README's
 figures use `--data ../shared/data/gsm8k/train.jsonl`, the file TRL's baseline reads. A --data path
 that is not a file is one `error:` line and exit code 2, not a silent switch to other prompts.
 
