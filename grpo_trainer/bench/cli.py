@@ -17,9 +17,10 @@
     python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--data FILE] [--output PATH]
 
 Prints a table and writes JSON, by default to runs/bench/bench-YYYYMMDD-HHMMSS.json under the
-current directory; vLLM's, transformers' and torch's own output goes to logs/ beside it. The default data are the built-in synthetic GSM8K-style problems; the README's
-figures use `--data ../shared/data/gsm8k/train.jsonl`, the file TRL's baseline reads. A --data path
-that is not a file is one `error:` line and exit code 2, not a silent switch to other prompts.
+current directory; vLLM's, transformers' and torch's own output goes to logs/ beside it. The
+default data are the built-in synthetic GSM8K-style problems; the README's figures use
+`--data ../shared/data/gsm8k/train.jsonl`, the file TRL's baseline reads. A --data path that is
+not a file is one `error:` line and exit code 2, not a silent switch to other prompts.
 
 Timings on a shared machine are noisy: `machine.loadavg` records the load when the run started,
 and each `cores_used` (CPU seconds / wall seconds of this process) how much of the machine a
@@ -105,19 +106,19 @@ def run_steps(args) -> dict:
                     rows.append(trainer.train_step())
                 trainer_peaks.append(peak_rss_gib_then_reset()[0])
                 cores.append(clock.cores_used)
-                say(f"[bench] step {step}: {rows[-1]['time/step']:.2f} s")
+                console.line(f"[bench] step {step}: {rows[-1]['time/step']:.2f} s", console.err())
                 if not args.skip_colocation and (step > 1 or args.steps == 1):  # as the median, after step 1
                     bare = time_bare(trainer, last[0], args.mixed_precision)
                     bench_peaks.append(peak_rss_gib_then_reset()[0])
                     # The page faults of both: memory the kernel handed over afresh, slow on this machine.
                     paired.append({"step": step, "train_in_step_s": rows[-1]["time/train"], "fwd_bwd_s": bare.wall,
                                    "train_page_faults": last[1], "fwd_bwd_page_faults": bare.page_faults})
-                    say(f"[bench] step {step}: train {rows[-1]['time/train']:.2f} s, its rows' bare forward+backward "
-                        f"right after {bare.wall:.2f} s")
+                    console.line(f"[bench] step {step}: train {rows[-1]['time/train']:.2f} s, its rows' bare "
+                                 f"forward+backward right after {bare.wall:.2f} s", console.err())
             trainer.updater.run = run
             colocation = None
             if not args.skip_colocation:
-                say("[bench] the last update again, replayed and as bare forward+backward")
+                console.line("[bench] the last update again, replayed and as bare forward+backward", console.err())
                 colocation = time_colocation(trainer, last[0], rows[-1]["time/train"], last[1],
                                              args.mixed_precision, paired)
                 bench_peaks.append(peak_rss_gib_then_reset()[0])
@@ -188,7 +189,7 @@ def run_parts_1_to_3(args) -> dict:
                                                        "quick")}
     result["prompt_tokens"] = [len(p) for p in prompt_ids]
 
-    say("[bench] GEMM peak")
+    console.line("[bench] GEMM peak", console.err())
     peak_dtype = "bfloat16" if args.mixed_precision == "bf16" or args.dtype == "bfloat16" else "float32"
     # Without native bf16 a 2048^2 bf16 matmul takes about a minute (0.7 GFLOP/s on an AVX2 CPU)
     # and says nothing the fp32 run does not: the trainer falls back to fp32 there.
@@ -198,11 +199,11 @@ def run_parts_1_to_3(args) -> dict:
     rollout: dict = {"hf": None}
     # HF generate first, in a process vLLM has not yet touched (it re-pins threads on CPU).
     if not args.skip_hf:
-        say("[bench] HF generate")
+        console.line("[bench] HF generate", console.err())
         hf = make_engine("hf", model_path=args.model_path, policy=policy, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
         rollout["hf"], _ = time_rollout(hf, prompt_ids, sampling, args.warm_tokens, args.mixed_precision)
-    say("[bench] vLLM engine")
+    console.line("[bench] vLLM engine", console.err())
     with Clock() as startup:
         engine = make_engine("vllm", model_path=args.model_path, dtype=args.rollout_dtype, seed=0,
                              max_model_len=max(map(len, prompt_ids)) + args.max_tokens, kv_cache_gib=args.kv_gib,
@@ -210,24 +211,23 @@ def run_parts_1_to_3(args) -> dict:
     try:
         rollout["vllm"], batch = time_rollout(engine, prompt_ids, sampling, args.warm_tokens)
         rollout["vllm"]["startup_s"] = startup.wall
-        say("[bench] weight sync")
+        console.line("[bench] weight sync", console.err())
         result["sync"] = time_sync(engine, policy, args.sync_repeats)
     finally:
         engine.close()
         del engine
         gc.collect()
-    shapes = linear_shapes(policy.config)
-    if shapes:  # with all cores, as the engine had them; in the dtype the engine sampled in
-        torch.set_num_threads(cores)
-        native = args.rollout_dtype == "float32" or cpu_has_native_bf16()
-        rollout["vllm"]["gemm_floor"] = rollout_gemm_floor(
-            merged_shapes(shapes), [len(p) for p in prompt_ids], [len(c) for c in batch.completion_ids],
-            args.rollout_dtype if native else "float32", args.gemm_repeats)
     if rollout["hf"]:
         rollout["vllm_over_hf"] = rollout["vllm"]["tokens_per_s"] / rollout["hf"]["tokens_per_s"]
     result["rollout"] = rollout
     torch.set_num_threads(cores)
-    say("[bench] trainer forward+backward")
+    shapes = linear_shapes(policy.config)
+    if shapes:  # with all cores, as the engine had them; in the dtype the engine sampled in
+        native = args.rollout_dtype == "float32" or cpu_has_native_bf16()
+        rollout["vllm"]["gemm_floor"] = rollout_gemm_floor(
+            merged_shapes(shapes), [len(p) for p in prompt_ids], [len(c) for c in batch.completion_ids],
+            args.rollout_dtype if native else "float32", args.gemm_repeats)
+    console.line("[bench] trainer forward+backward", console.err())
     train = time_train(policy, batch, tok.pad_token_id, args.mixed_precision, args.micro_batch_size)
     # Again right after, under the same vLLM thread binding as the trainer; keep the best of both.
     gemm_runs.append(gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds, dtypes))
@@ -286,11 +286,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def say(text: str) -> None:
-    """One of the bench's own lines, on the terminal even while third-party output goes to the log."""
-    print(text, file=console.err(), flush=True)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from grpo_trainer.hardware import keep_freed_memory
@@ -307,13 +302,14 @@ def main(argv=None) -> dict:
             Path(args.output).write_text(to_json(result))
             return result
         if not args.verbose:
-            say(f"[bench] vLLM's, transformers' and torch's own output: {log} (--verbose shows it here)")
+            console.line(f"[bench] vLLM's, transformers' and torch's own output: {log} (--verbose shows it here)",
+                         console.err())
         result = run_parts_1_to_3(args)
         result["step"] = None
         if not args.skip_step:
-            say("[bench] GRPO steps (child process)")
+            console.line("[bench] GRPO steps (child process)", console.err())
             result["step"] = run_steps_child(args)
         Path(args.output).write_text(to_json(result) + "\n")
-        print(format_table(result), file=console.out(), flush=True)
-        say(f"[bench] wrote {args.output}")
+        console.line(format_table(result))
+        console.line(f"[bench] wrote {args.output}", console.err())
     return result
