@@ -28,7 +28,7 @@ import torch
 from transformers import get_scheduler
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from grpo_trainer import algo, attention, distributed, lean_layers, lora
+from grpo_trainer import algo, attention, cpu_linear, distributed, lean_layers, lora
 from grpo_trainer.forward import completion_values, record_micro_batches, record_per_token
 from grpo_trainer.lora import is_peft
 from grpo_trainer.models import DTYPES
@@ -63,7 +63,7 @@ class ValueModel(torch.nn.Module):
 
 
 def load_value_model(path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                     attention_gib: float = attention.DEFAULT_GIB) -> ValueModel:
+                     attention_gib: float = attention.DEFAULT_GIB, onednn_linear: bool = True) -> ValueModel:
     """A critic from `path`: a critic checkpoint (its head loaded) or a causal LM (head set to 0)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
@@ -84,6 +84,8 @@ def load_value_model(path: str, dtype: str = "float32", trust_remote_code: bool 
                          "policy's model directory or a critic/ directory of a checkpoint as model.critic_path")
     backbone.config.architectures = [type(backbone).__name__]
     lean_layers.make_lean(backbone)
+    if onednn_linear:
+        cpu_linear.use_onednn(backbone)
     return ValueModel(backbone)
 
 
@@ -96,7 +98,7 @@ class Critic:
             raise ValueError("algorithm.advantage=gae trains a critic beside the policy, which ZeRO-3 does not "
                              "support here: launch with configs/accelerate/cpu_zero2.yaml (or zero2.yaml) or DDP")
         model = load_value_model(model_cfg.critic_path or model_path, model_cfg.dtype, model_cfg.trust_remote_code,
-                                 model_cfg.attention_gib)
+                                 model_cfg.attention_gib, model_cfg.onednn_linear)
         if model_cfg.gradient_checkpointing:
             model.backbone.gradient_checkpointing_enable()
         # With model.lora the critic is a LoRA too (same rank and targets), its head trained in full.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from grpo_trainer import attention, lean_layers
+from grpo_trainer import attention, cpu_linear, lean_layers
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                   attention_gib: float = attention.DEFAULT_GIB):
+                   attention_gib: float = attention.DEFAULT_GIB, onednn_linear: bool = True):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -128,4 +128,6 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
     # Sampling settings shipped with a checkpoint must not override the recipe's.
     model.generation_config.do_sample = True
     lean_layers.make_lean(model)  # same values and gradients, less kept for backward
+    if onednn_linear:
+        cpu_linear.use_onednn(model)  # fp32 on CPU only; other dtypes and devices as before
     return model

@@ -107,7 +107,7 @@ class GRPOTrainer:
 
         with console.phase(f"loading model {self.model_path} ({cfg.model.dtype})"):
             policy = load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code,
-                                    cfg.model.attention_gib)
+                                    cfg.model.attention_gib, cfg.model.onednn_linear)
         if cfg.model.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         policy = lora.wrap(policy, cfg.model.lora, cfg.model.gradient_checkpointing)
@@ -118,7 +118,7 @@ class GRPOTrainer:
             with console.phase("loading the reference model"):
                 self.ref = lora.AdapterDisabled(policy) if cfg.model.lora.enabled else distributed.prepare_reference(
                     acc, load_causal_lm(self.model_path, cfg.model.dtype, cfg.model.trust_remote_code,
-                                        cfg.model.attention_gib))
+                                        cfg.model.attention_gib, cfg.model.onednn_linear))
         if a.ref_reset_every and (cfg.model.lora.enabled or distributed.zero_stage(acc) == 3):
             raise ValueError("algorithm.ref_reset_every needs a full reference copy: it does not combine with "
                              "model.lora.enabled or ZeRO-3; set algorithm.ref_reset_every=0")

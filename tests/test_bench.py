@@ -135,6 +135,9 @@ def test_format_table():
     compiled = _result(step)
     compiled["config"]["compile_engine"] = True
     assert "| compiled engine (--compile-engine)" in format_table(compiled)
+    assert "torch's kernel" not in format_table(compiled)
+    compiled["config"]["torch_linear"] = True
+    assert "| fp32 linear on torch's kernel (--torch-linear)" in format_table(compiled)
     skipped = format_table(_result(None))
     assert [line.split() for line in skipped.splitlines() if line.startswith("GRPO step")] == [
         ["GRPO", "step", "skipped"]]
@@ -185,6 +188,10 @@ def test_step_config_matches_the_comparison(tmp_path: Path):
     assert cfg.rollout.enforce_eager is True and full.rollout.enforce_eager is True  # the trainer's default
     compiled = load_config(None, step_overrides(parse_args(["--data", "synthetic", "--compile-engine"]), str(tmp_path)))
     assert compiled.rollout.enforce_eager is False
+    assert cfg.model.onednn_linear is True  # the trainer's default; --torch-linear turns it off
+    torch_linear = load_config(None, step_overrides(parse_args(["--data", "synthetic", "--torch-linear"]),
+                                                    str(tmp_path)))
+    assert torch_linear.model.onednn_linear is False
     assert cfg.trainer.mixed_precision == "bf16" and cfg.rollout.dtype == "bfloat16"
     assert cfg.reward.functions == [{"name": "gsm8k", "weight": 1.0, "kwargs": {"mode": "strict"}}]
     assert cfg.trainer.log_samples_every == 0  # train_step without train() has no sample logger

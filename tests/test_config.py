@@ -387,7 +387,8 @@ def test_unknown_key_in_a_section_suggests_and_lists(tmp_path):
     ("trainer.beta=0.1", f"unknown key 'trainer.beta' (did you mean 'algorithm.beta'?); valid keys in trainer: "
                          f"{TRAINER_KEYS}"),
     ("model.dtyp=float32", "unknown key 'model.dtyp' (did you mean 'model.dtype'?); valid keys in model: "
-                           "name_or_path, dtype, trust_remote_code, gradient_checkpointing, attention_gib, lora, critic_path"),
+                           "name_or_path, dtype, trust_remote_code, gradient_checkpointing, attention_gib, "
+                           "onednn_linear, lora, critic_path"),
     ("algorithm.eps=0.2", "unknown key 'algorithm.eps' (did you mean 'algorithm.eps_low'?); valid keys in algorithm: "
                           "advantage, scale, loss_agg, policy_loss, eps_low, eps_high, dual_clip_c, gspo_eps_low, gspo_eps_high, "
                           "cispo_eps_high, cispo_eps_low, beta, kl_estimator, "

@@ -47,7 +47,9 @@ def base(model: Path, out: Path) -> list[str]:
             "trainer.num_log_samples=8", "trainer.torch_threads=1", "reward.num_workers=1",
             # The record was made with torch's SDPA; the matmul attention (the default since) matches
             # it to ~1e-7, not to the bit, and each CPU kind's entry can only be re-recorded on one.
-            "model.attention_gib=0"]
+            "model.attention_gib=0",
+            # And with torch's (MKL's) fp32 linear kernel, whose bits it holds.
+            "model.onednn_linear=false"]
 
 
 def recipes(model: Path, tmp: Path) -> dict[str, list[str]]:

@@ -64,6 +64,7 @@ def step_overrides(args, out_dir: str) -> list[str]:
             f"rollout.num_generations={args.G}", f"rollout.max_completion_length={args.max_tokens}",
             "rollout.temperature=1.0", f"rollout.dtype={args.rollout_dtype}", f"rollout.kv_cache_gib={args.kv_gib}",
             f"rollout.enforce_eager={'false' if args.compile_engine else 'true'}",
+            f"model.onednn_linear={'false' if args.torch_linear else 'true'}",
             "algorithm.beta=0.0", "algorithm.num_iterations=1", "algorithm.num_mini_batches=1",
             "algorithm.loss_agg=token_mean", "algorithm.eps_high=0.28",
             "reward.functions=[{name: gsm8k, weight: 1.0, kwargs: {mode: strict}}]",
@@ -157,6 +158,7 @@ def run_steps_child(args) -> dict:
         cmd += ["--micro-batch-size", str(args.micro_batch_size)] + (["--train-all-rows"] if args.train_all_rows else [])
         cmd += ["--skip-colocation"] if args.skip_colocation else []
         cmd += ["--compile-engine"] if args.compile_engine else []
+        cmd += ["--torch-linear"] if args.torch_linear else []
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         cmd += ["--log-dir", args.log_dir] + (["--verbose"] if args.verbose else [])
         cmd += ["--quick"] if args.quick else []
@@ -186,7 +188,7 @@ def run_parts_1_to_3(args) -> dict:
     result["config"] = {k: getattr(args, k) for k in ("model", "model_path", "data", "prompts", "G", "max_tokens",
                                                        "dtype", "rollout_dtype", "mixed_precision", "steps",
                                                        "micro_batch_size", "train_all_rows", "compile_engine",
-                                                       "quick")}
+                                                       "torch_linear", "quick")}
     result["prompt_tokens"] = [len(p) for p in prompt_ids]
 
     console.line("[bench] GEMM peak", console.err())
@@ -195,7 +197,7 @@ def run_parts_1_to_3(args) -> dict:
     # and says nothing the fp32 run does not: the trainer falls back to fp32 there.
     dtypes = ("float32", "bfloat16") if cpu_has_native_bf16() or peak_dtype == "bfloat16" else ("float32",)
     gemm_runs = [gemm_peaks(args.gemm_n, args.gemm_repeats, args.gemm_seconds, dtypes)]
-    policy = load_causal_lm(args.model_path, args.dtype)
+    policy = load_causal_lm(args.model_path, args.dtype, onednn_linear=not args.torch_linear)
     rollout: dict = {"hf": None}
     # HF generate first, in a process vLLM has not yet touched (it re-pins threads on CPU).
     if not args.skip_hf:
@@ -236,7 +238,8 @@ def run_parts_1_to_3(args) -> dict:
                  peak_fraction=train["flops_per_s"] / peaks[peak_dtype], threads=torch.get_num_threads())
     # The same GEMMs alone, at a micro-batch's rows: how much of the peak this model's shapes allow.
     if shapes:
-        gemms = model_gemm_rate(shapes, train["tokens"] // train["micro_batches"], peak_dtype, args.gemm_repeats)
+        gemms = model_gemm_rate(shapes, train["tokens"] // train["micro_batches"], peak_dtype, args.gemm_repeats,
+                                onednn=not args.torch_linear)
         train["model_gemms"] = {**gemms, "peak_fraction": gemms["flops_per_s"] / peaks[peak_dtype]}
     result["train"] = train
     return result
@@ -260,6 +263,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--micro-batch-size", type=int, default=8, help="rows per forward/backward (default 8)")
     ap.add_argument("--compile-engine", action="store_true",
                     help="vLLM compiles its model (rollout.enforce_eager=false): faster sampling, slower start")
+    ap.add_argument("--torch-linear", action="store_true",
+                    help="train fp32 linear layers on torch's kernel (MKL), not oneDNN (model.onednn_linear=false)")
     ap.add_argument("--train-all-rows", action="store_true",
                     help="forward/backward every row, zero-advantage ones too (TRL's work); default: skip those")
     ap.add_argument("--quick", action="store_true", help="tiny settings, for the test")

@@ -68,25 +68,35 @@ def gemm_peaks(n: int, repeats: int, min_seconds: float, dtypes: tuple[str, ...]
     ever slow a run down."""
     import torch
 
+    from grpo_trainer.cpu_linear import matmul_t
+
     peaks = {}
     for name in dtypes:
         a, b = (torch.randn(n, n).to(getattr(torch, name)) for _ in range(2))
-        peaks[name] = gemm_flops(n) / _best_seconds(lambda: torch.mm(a, b), repeats, min_seconds)
+        # torch's matmul and the trainer's linear kernel (oneDNN for fp32 on CPU, torch's elsewhere)
+        peaks[name] = max(gemm_flops(n) / _best_seconds(fn, repeats, min_seconds)
+                          for fn in (lambda: torch.mm(a, b), lambda: matmul_t(a, b)))
     return peaks
 
 
-def model_gemm_rate(shapes: list[tuple[int, int, int]], tokens: int, dtype: str, repeats: int) -> dict:
+def model_gemm_rate(shapes: list[tuple[int, int, int]], tokens: int, dtype: str, repeats: int,
+                    onednn: bool = True) -> dict:
     """Best FLOP/s of the model's own linear GEMMs alone (`report.linear_shapes`), forward and both
     backward products, `tokens` rows each (a micro-batch's): the ceiling forward+backward could
     reach if everything else (attention, norms, casts, the loss) took no time. Narrow models' GEMMs
-    fall well short of a 2048^2 matmul's rate, most of all with bf16 tiles."""
+    fall well short of a 2048^2 matmul's rate, most of all with bf16 tiles. The kernels are the
+    trainer's (cpu_linear.py): x@W.T and g@W by its linear kernel (torch's with `onednn` false),
+    g.T@x by torch's matmul."""
     import torch
+
+    from grpo_trainer.cpu_linear import matmul_t
 
     dt = getattr(torch, dtype)
     seconds = 0.0
     for k, n, count in shapes:
         x, w, g = torch.randn(tokens, k).to(dt), torch.randn(n, k).to(dt), torch.randn(tokens, n).to(dt)
-        seconds += count * _best_seconds(lambda: (x @ w.t(), g @ w, g.t() @ x), repeats)
+        seconds += count * _best_seconds(lambda: (matmul_t(x, w, onednn), matmul_t(g, w.t(), onednn), g.t() @ x),
+                                        repeats)
     flops = linear_flops(shapes, tokens)
     return {"tokens": tokens, "dtype": dtype, "flops": flops, "seconds": seconds, "flops_per_s": flops / seconds}
 
@@ -100,8 +110,12 @@ def rollout_gemm_floor(shapes: list[tuple[int, int, int]], prompt_lens: list[int
     as in a real forward (a first version repeated each GEMM on one weight, which then stayed in
     the caches: 11.8 s for an fp32 rollout, against 13.3 s layer after layer in the next run).
     Best-of per step size; no attention, sampling or scheduling: no engine on this CPU samples
-    those tokens faster with these kernels."""
+    those tokens faster with these kernels. The kernel is oneDNN's for fp32 too (`matmul_t`), as in
+    vLLM's CPU backend; torch's fp32 matmul (MKL) gave a 13.1-13.3 s floor where oneDNN's gives
+    less (README, "Speed")."""
     import torch
+
+    from grpo_trainer.cpu_linear import matmul_t
 
     dt = getattr(torch, dtype)
     *per_layer, (k_head, vocab, _) = shapes
@@ -116,8 +130,8 @@ def rollout_gemm_floor(shapes: list[tuple[int, int, int]], prompt_lens: list[int
         def forward():
             for layer in weights:
                 for w in layer:
-                    inputs[w.shape[1]] @ w.t()
-            last @ head.t()
+                    matmul_t(inputs[w.shape[1]], w)
+            matmul_t(last, head)
         return _best_seconds(forward, repeats)
 
     prefill = forward_s(sum(prompt_lens), len(prompt_lens))

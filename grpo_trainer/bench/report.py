@@ -97,7 +97,8 @@ def format_table(result: dict) -> str:
              f"P={c['prompts']} G={c['G']} max_tokens={c['max_tokens']} | dtype {c['dtype']} "
              f"rollout {c['rollout_dtype']} mixed {c['mixed_precision']} | micro-batch {c.get('micro_batch_size')} rows"
              + (" | every row trained (--train-all-rows)" if c.get("train_all_rows") else "")
-             + (" | compiled engine (--compile-engine)" if c.get("compile_engine") else ""), ""]
+             + (" | compiled engine (--compile-engine)" if c.get("compile_engine") else "")
+             + (" | fp32 linear on torch's kernel (--torch-linear)" if c.get("torch_linear") else ""), ""]
     row = "{:<26}{:>14}{:>12}{:>16}{:>7}"
     cores = lambda r: "-" if r.get("cores_used") is None else f"{r['cores_used']:.2f}"  # noqa: E731
     lines.append(row.format("measurement", "tokens", "seconds", "rate", "cores"))

@@ -48,6 +48,10 @@ class ModelConfig:
     # probabilities for backward, while those of a forward's layers fit in this many GiB; else (and
     # on GPUs) torch's SDPA. Faster than SDPA on CPU (README "Speed"); 0: always SDPA.
     attention_gib: float = 1.0
+    # fp32 linear layers on CPU through oneDNN (vLLM's CPU GEMM library) rather than torch's MKL
+    # sgemm: 14 % faster fp32 forward+backward on the 2-core AMD machine (README "Speed"); results
+    # differ in the last bits. false: torch's kernel. No effect under bf16 autocast or on GPUs.
+    onednn_linear: bool = True
     lora: LoraConfig = field(default_factory=LoraConfig)
     # algorithm.advantage=gae: the critic's starting weights (a critic checkpoint's critic/ directory,
     # or any HF model of the policy's architecture); None: the policy's own weights, value head at 0.
