@@ -17,12 +17,14 @@ on CPU is oneDNN's already).
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
 import torch.nn.functional as F
 
 
+@functools.cache
 def available() -> bool:
     """Whether this torch build has oneDNN's linear op (CPU builds for x86 and Arm do)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -33,20 +35,23 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [None], "")
 
 
+def _takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN computes this product: fp32 operands on CPU, outside autocast."""
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu") and available())
+
+
 def matmul_t(x: torch.Tensor, weight: torch.Tensor, onednn: bool = True) -> torch.Tensor:  # (R, K), (N, K) -> (R, N)
-    """x W^T by the kernel a linear layer of this project's runs on: oneDNN for fp32 on CPU where
-    available (unless `onednn` is false), else torch's matmul (which is oneDNN's for bf16 on CPU).
+    """x W^T by the kernel a linear layer of this project's runs on: oneDNN where it takes the
+    product (unless `onednn` is false), else torch's matmul (which is oneDNN's for bf16 on CPU).
     For the bench's GEMM lines."""
-    if onednn and x.dtype == torch.float32 and x.device.type == "cpu" and available():
-        return _onednn(x, weight, None)
-    return x @ weight.t()
+    return _onednn(x, weight, None) if onednn and _takes(x, weight) else x @ weight.t()
 
 
 class _OneDnnLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):  # x (..., K); weight (N, K); bias (N,) or None
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return _onednn(x, weight, bias)
 
     @staticmethod
@@ -55,13 +60,12 @@ class _OneDnnLinear(torch.autograd.Function):
         d_x = _onednn(d_y, weight.t(), None) if ctx.needs_input_grad[0] else None  # (..., K) = dY W
         d_y2 = d_y.reshape(-1, d_y.shape[-1])  # (rows, N)
         d_w = d_y2.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None  # (N, K)
-        d_b = d_y2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        d_b = d_y2.sum(0) if ctx.needs_input_grad[2] else None  # False for a bias of None
         return d_x, d_w, d_b
 
 
 def _forward(self, x):
-    if (x.dtype == torch.float32 and self.weight.dtype == torch.float32 and x.device.type == "cpu"
-            and not torch.is_autocast_enabled("cpu")):
+    if _takes(x, self.weight):
         return _OneDnnLinear.apply(x, self.weight, self.bias)
     return F.linear(x, self.weight, self.bias)
 

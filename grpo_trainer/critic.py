@@ -28,10 +28,10 @@ import torch
 from transformers import get_scheduler
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from grpo_trainer import algo, attention, cpu_linear, distributed, lean_layers, lora
+from grpo_trainer import algo, attention, distributed, lora
 from grpo_trainer.forward import completion_values, record_micro_batches, record_per_token
 from grpo_trainer.lora import is_peft
-from grpo_trainer.models import DTYPES
+from grpo_trainer.models import DTYPES, use_training_kernels
 from grpo_trainer.record import RolloutRecord
 from grpo_trainer.step_stats import StepStats
 from grpo_trainer.update import mini_batches
@@ -83,9 +83,7 @@ def load_value_model(path: str, dtype: str = "float32", trust_remote_code: bool 
         raise ValueError(f"{path} does not hold a full model for the critic (missing {unused[:3]}): pass the "
                          "policy's model directory or a critic/ directory of a checkpoint as model.critic_path")
     backbone.config.architectures = [type(backbone).__name__]
-    lean_layers.make_lean(backbone)
-    if onednn_linear:
-        cpu_linear.use_onednn(backbone)
+    use_training_kernels(backbone, onednn_linear)
     return ValueModel(backbone)
 
 

@@ -127,7 +127,14 @@ def load_causal_lm(path: str, dtype: str = "float32", trust_remote_code: bool = 
         attn_implementation=attention.implementation(attention_gib))
     # Sampling settings shipped with a checkpoint must not override the recipe's.
     model.generation_config.do_sample = True
-    lean_layers.make_lean(model)  # same values and gradients, less kept for backward
-    if onednn_linear:
-        cpu_linear.use_onednn(model)  # fp32 on CPU only; other dtypes and devices as before
+    use_training_kernels(model, onednn_linear)
     return model
+
+
+def use_training_kernels(model, onednn_linear: bool = True) -> None:
+    """The layers every model the trainer loads (policy, reference, critic) runs: the lean MLP and
+    RMSNorm (same values and gradients, less kept for backward) and, unless told not to, oneDNN's
+    fp32 linear on CPU (other dtypes and devices as before)."""
+    lean_layers.make_lean(model)
+    if onednn_linear:
+        cpu_linear.use_onednn(model)
