@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from grpo_trainer import console
@@ -33,7 +34,9 @@ def clock(seconds: float) -> str:
 
 
 class PhaseTimer:
-    """`with timer("rollout"): ...` accumulates seconds per phase."""
+    """`with timer("rollout"): ...` accumulates seconds per phase. Each phase is also a range named
+    `phase/<name>` in torch's profiler (nothing is recorded while no profiler runs): the bench's
+    `--profile` splits kernel time by it."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -42,7 +45,8 @@ class PhaseTimer:
     def __call__(self, phase: str):
         start = time.perf_counter()
         try:
-            yield
+            with torch.profiler.record_function(f"phase/{phase}"):
+                yield
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 

@@ -138,9 +138,69 @@ def test_format_table():
     assert "torch's kernel" not in format_table(compiled)
     compiled["config"]["torch_linear"] = True
     assert "| fp32 linear on torch's kernel (--torch-linear)" in format_table(compiled)
+    assert "under torch's profiler" not in table
+    step["profile"] = {"step": 4, "step_s": 50.5, "phases": {
+        "rollout": {"linear": 9.25, "attention": 2.25, "sampling": 1.0, "profiled_s": 22.0},
+        "train": {"linear": 15.5, "attention": 2.5, "sampling": 0.0, "profiled_s": 27.0},
+        "step": {"linear": 0.0, "attention": 0.0, "sampling": 0.0, "profiled_s": 50.4}}}
+    lines = format_table(_result(step)).splitlines()
+    at = next(i for i, line in enumerate(lines) if "under torch's profiler" in line)
+    assert "step 4, 50.50 s" in lines[at]
+    assert lines[at + 1].split() == ["rollout:", "linear", "9.25", "s,", "attention", "2.25", "s,", "sampling", "1.00",
+                                     "s", "=", "12.50", "s", "of", "its", "median", "20.00", "s"]
+    assert "train: linear 15.50 s, attention 2.50 s = 18.00 s of its median 19.00 s" in lines[at + 2]
+    # 12.5 + 18.0 = 30.5 s of the 41.25 s median step: 74 %.
+    assert "kernels: 30.50 s of the median step's 41.25 s (74 %)" in lines[at + 3]
     skipped = format_table(_result(None))
     assert [line.split() for line in skipped.splitlines() if line.startswith("GRPO step")] == [
         ["GRPO", "step", "skipped"]]
+
+
+def test_profile_splits_kernel_time_by_innermost_phase():
+    import torch
+
+    from grpo_trainer.bench.kernels import profiled, seconds_by_phase
+    from grpo_trainer.metrics import PhaseTimer
+
+    a, b = torch.randn(64, 64), torch.randn(8, 64, 64)
+    timer = PhaseTimer()
+    with profiled() as by_phase:
+        a @ a  # in no phase: counted nowhere
+        with timer("step"):
+            torch.mm(a, a)  # in the step, outside its phases
+            with timer("rollout"):
+                torch.mm(a, a), torch.mm(a, a)
+            with timer("train"):
+                torch.bmm(b, b), (a * 2).exp()
+            with timer("rollout"):  # a phase entered twice adds up
+                torch.mm(a, a)
+    assert set(by_phase) == {"step", "rollout", "train"}
+    assert by_phase["rollout"]["linear"] > 0 and by_phase["rollout"]["attention"] == 0
+    assert by_phase["train"]["attention"] > 0 and by_phase["train"]["linear"] == 0
+    assert by_phase["step"]["linear"] > 0 and by_phase["step"]["attention"] == 0
+    assert by_phase["rollout"]["profiled_s"] <= by_phase["step"]["profiled_s"] <= timer.seconds["step"]
+
+    # The same sums found another way: each operator's nearest phase among its profiler ancestors.
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with timer("step"):
+            torch.mm(a, a)
+            with timer("rollout"):
+                torch.mm(a, a), torch.mm(a, a)
+            with timer("train"):
+                torch.bmm(b, b)
+    events = prof.events()
+    expected: dict = {}
+    for e in events:
+        if e.name not in ("aten::mm", "aten::bmm"):
+            continue
+        parent = e.cpu_parent
+        while not parent.name.startswith("phase/"):
+            parent = parent.cpu_parent
+        key = (parent.name[len("phase/"):], "linear" if e.name == "aten::mm" else "attention")
+        expected[key] = expected.get(key, 0.0) + e.self_cpu_time_total / 1e6
+    got = seconds_by_phase(events)
+    assert {key: got[key[0]][key[1]] for key in expected} == pytest.approx(expected, rel=1e-12)
+    assert len(expected) == 3
 
 
 def test_peak_rss_reading_covers_only_what_ran_since_the_last():
@@ -258,7 +318,7 @@ def test_quick_steps_replay_the_last_update(tiny_llama: Path, tmp_path: Path):
     out = tmp_path / "step.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "grpo_trainer.bench", "--only", "step", "--quick", "--train-all-rows",
-                           "--model", str(tiny_llama), "--output", str(out)],
+                           "--profile", "--model", str(tiny_llama), "--output", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -279,3 +339,8 @@ def test_quick_steps_replay_the_last_update(tiny_llama: Path, tmp_path: Path):
     assert len(res["peak_rss_gib_all"]) == 1 and res["peak_rss_gib_measuring"] > 0
     assert res["peak_rss_gib"] == max(res["peak_rss_gib_start"], *res["peak_rss_gib_all"])
     assert res["peak_rss_gib"] <= res["peak_rss_gib_process"] + 1e-3
+    # --profile: one more step under the profiler, in no median; the tiny model's GEMMs are counted.
+    prof = res["profile"]
+    assert prof["step"] == QUICK["steps"] + 1 and len(res["step_s_all"]) == QUICK["steps"]
+    assert prof["phases"]["rollout"]["linear"] > 0 and prof["phases"]["train"]["linear"] > 0
+    assert prof["phases"]["train"]["profiled_s"] <= prof["phases"]["step"]["profiled_s"] <= prof["step_s"]

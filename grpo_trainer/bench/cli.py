@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from grpo_trainer import console
+from grpo_trainer.bench.kernels import profiled
 from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, peak_rss_gib_then_reset, rollout_gemm_floor,
                                         time_bare, time_colocation, time_rollout, time_sync, time_train)
 from grpo_trainer.bench.report import (PHASES, format_table, linear_shapes, machine_info, median, merged_shapes,
@@ -123,6 +124,14 @@ def run_steps(args) -> dict:
                 colocation = time_colocation(trainer, last[0], rows[-1]["time/train"], last[1],
                                              args.mixed_precision, paired)
                 bench_peaks.append(peak_rss_gib_then_reset()[0])
+            profile = None
+            if args.profile:  # one more step, in no median: its kernels' time by phase
+                console.line("[bench] one more step under torch's profiler", console.err())
+                trainer.step = args.steps + 1
+                with profiled() as by_phase, Clock() as clock:  # the clock stops before the profile is read
+                    trainer.train_step()
+                profile = {"step": trainer.step, "step_s": clock.wall, "phases": by_phase}
+                bench_peaks.append(peak_rss_gib_then_reset()[0])
         finally:
             trainer.reward_fn.close()
             trainer.engine.close()
@@ -142,7 +151,7 @@ def run_steps(args) -> dict:
             # The bench's bare forward+backward and replays: its own, not the trainer's.
             "peak_rss_gib_measuring": max(bench_peaks, default=None),
             "peak_rss_gib_process": max([start_peak] + trainer_peaks + bench_peaks),
-            "colocation": colocation,
+            "colocation": colocation, "profile": profile,
             # The output directory is a deleted temporary one: not part of the configuration.
             "config_overrides": [o for o in overrides if not o.startswith("trainer.output_dir=")]
             + [f"data.instruction={INSTRUCTION}"]}
@@ -159,6 +168,7 @@ def run_steps_child(args) -> dict:
         cmd += ["--skip-colocation"] if args.skip_colocation else []
         cmd += ["--compile-engine"] if args.compile_engine else []
         cmd += ["--torch-linear"] if args.torch_linear else []
+        cmd += ["--profile"] if args.profile else []
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         cmd += ["--log-dir", args.log_dir] + (["--verbose"] if args.verbose else [])
         cmd += ["--quick"] if args.quick else []
@@ -188,7 +198,7 @@ def run_parts_1_to_3(args) -> dict:
     result["config"] = {k: getattr(args, k) for k in ("model", "model_path", "data", "prompts", "G", "max_tokens",
                                                        "dtype", "rollout_dtype", "mixed_precision", "steps",
                                                        "micro_batch_size", "train_all_rows", "compile_engine",
-                                                       "torch_linear", "quick")}
+                                                       "torch_linear", "profile", "quick")}
     result["prompt_tokens"] = [len(p) for p in prompt_ids]
 
     console.line("[bench] GEMM peak", console.err())
@@ -265,6 +275,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="vLLM compiles its model (rollout.enforce_eager=false): faster sampling, slower start")
     ap.add_argument("--torch-linear", action="store_true",
                     help="train fp32 linear layers on torch's kernel (MKL), not oneDNN (model.onednn_linear=false)")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more GRPO step under torch's profiler (in no median): its GEMM, attention and "
+                         "sampling kernels' time per phase")
     ap.add_argument("--train-all-rows", action="store_true",
                     help="forward/backward every row, zero-advantage ones too (TRL's work); default: skip those")
     ap.add_argument("--quick", action="store_true", help="tiny settings, for the test")

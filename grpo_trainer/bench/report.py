@@ -11,6 +11,8 @@ import statistics
 from importlib import metadata
 from pathlib import Path
 
+from grpo_trainer.bench.kernels import KINDS
+
 PHASES = ("rollout", "reward", "train", "sync", "step")
 
 
@@ -166,11 +168,34 @@ def format_table(result: dict) -> str:
                 lines.append(f"  minor page faults: in step {co['page_faults_in_step']:,} | replayed "
                              f"{', '.join(f'{n:,}' for n in co['page_faults_replayed_all'])} | bare fwd+bwd "
                              f"{', '.join(f'{n:,}' for n in co['page_faults_fwd_bwd_all'])}")
+        lines += _profile_lines(st.get("profile"), st["phases_s_median"])
         if (st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0
                 and not result["config"].get("train_all_rows")):
             lines.append("  note: every group's rewards were equal, so no row was trained: the train phase "
                          "was one zero-weighted micro-batch and the optimizer step")
     return "\n".join(lines)
+
+
+def _profile_lines(profile: dict | None, medians: dict) -> list[str]:
+    """The `--profile` step: per phase, its GEMM, attention and sampling kernels' seconds beside the
+    phase's median, and what they add up to in the step."""
+    if not profile:
+        return []
+    lines = [f"  kernels of one more step (step {profile['step']}, {profile['step_s']:.2f} s under torch's profiler, "
+             "in no median), against the phases' medians:"]
+    total = 0.0
+    for phase in ("rollout", "train"):
+        row = profile["phases"].get(phase)
+        if row is None:
+            continue
+        kernels = {k: row[k] for k in KINDS if row.get(k)}
+        total += sum(kernels.values())
+        lines.append(f"    {phase}: " + ", ".join(f"{k} {v:.2f} s" for k, v in kernels.items())
+                     + f" = {sum(kernels.values()):.2f} s of its median {_secs(medians.get(phase))}")
+    if medians.get("step"):
+        lines.append(f"    GEMMs, attention and sampling kernels: {total:.2f} s of the median step's "
+                     f"{medians['step']:.2f} s ({100 * total / medians['step']:.0f} %); the rest is everything else")
+    return lines
 
 
 def machine_info() -> dict:
