@@ -151,6 +151,13 @@ def test_format_table():
     assert "train: linear 15.50 s, attention 2.50 s = 18.00 s of its median 19.00 s" in lines[at + 2]
     # 12.5 + 18.0 = 30.5 s of the 41.25 s median step: 74 %.
     assert "kernels: 30.50 s of the median step's 41.25 s (74 %)" in lines[at + 3]
+    # A critic's phase (PPO) is listed after the policy's and adds to the total; a phase without kernels is not.
+    step["phases_s_median"]["critic"] = 5.0
+    step["profile"]["phases"]["critic"] = {"linear": 3.0, "attention": 0.5, "sampling": 0.0, "profiled_s": 4.0}
+    lines = format_table(_result(step)).splitlines()[at:at + 5]
+    assert "critic: linear 3.00 s, attention 0.50 s = 3.50 s of its median 5.00 s" in lines[3]
+    assert "kernels: 34.00 s of the median step's 41.25 s (82 %)" in lines[4]
+    assert not any("sync:" in line or "step:" in line for line in lines)
     skipped = format_table(_result(None))
     assert [line.split() for line in skipped.splitlines() if line.startswith("GRPO step")] == [
         ["GRPO", "step", "skipped"]]

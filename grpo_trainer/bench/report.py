@@ -177,18 +177,18 @@ def format_table(result: dict) -> str:
 
 
 def _profile_lines(profile: dict | None, medians: dict) -> list[str]:
-    """The `--profile` step: per phase, its GEMM, attention and sampling kernels' seconds beside the
-    phase's median, and what they add up to in the step."""
+    """The `--profile` step: per phase that ran any (rollout, train, a critic's), its GEMM, attention
+    and sampling kernels' seconds beside the phase's median, and what they add up to in the step."""
     if not profile:
         return []
     lines = [f"  kernels of one more step (step {profile['step']}, {profile['step_s']:.2f} s under torch's profiler, "
              "in no median), against the phases' medians:"]
     total = 0.0
-    for phase in ("rollout", "train"):
-        row = profile["phases"].get(phase)
-        if row is None:
+    order = lambda phase: PHASES.index(phase) if phase in PHASES else len(PHASES)  # noqa: E731 (critic: after)
+    for phase in sorted(profile["phases"], key=order):
+        kernels = {k: v for k, v in profile["phases"][phase].items() if k in KINDS and v}
+        if phase == "step" or not kernels:  # "step" holds only what ran outside its phases
             continue
-        kernels = {k: row[k] for k in KINDS if row.get(k)}
         total += sum(kernels.values())
         lines.append(f"    {phase}: " + ", ".join(f"{k} {v:.2f} s" for k, v in kernels.items())
                      + f" = {sum(kernels.values()):.2f} s of its median {_secs(medians.get(phase))}")
