@@ -33,6 +33,9 @@ def clock(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+PHASE_PREFIX = "phase/"  # PhaseTimer's profiler ranges: phase/rollout, phase/train, ...
+
+
 class PhaseTimer:
     """`with timer("rollout"): ...` accumulates seconds per phase. Each phase is also a range named
     `phase/<name>` in torch's profiler (nothing is recorded while no profiler runs): the bench's
@@ -45,7 +48,7 @@ class PhaseTimer:
     def __call__(self, phase: str):
         start = time.perf_counter()
         try:
-            with torch.profiler.record_function(f"phase/{phase}"):
+            with torch.profiler.record_function(PHASE_PREFIX + phase):
                 yield
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start

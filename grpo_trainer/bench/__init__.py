@@ -2,6 +2,7 @@
 
 report.py   arithmetic, JSON and the table (pure)
 measure.py  the timed measurements (GEMM peaks, rollout, forward+backward, weight sync)
+kernels.py  --profile: one step's GEMM, attention and sampling kernels per phase (torch's profiler)
 cli.py      flags, the GRPO-step child process, and the order the parts run in
 """
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from grpo_trainer.metrics import PHASE_PREFIX
+
 KINDS = {
     "linear": ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "_C::onednn_mm"),
     "attention": ("aten::bmm", "aten::baddbmm", "_C::cpu_attention_with_kv_cache",
@@ -29,11 +31,6 @@ KINDS = {
     "sampling": ("_C::fused_gumbel_argmax",),
 }
 _KIND_OF = {name: kind for kind, names in KINDS.items() for name in names}
-PHASE_PREFIX = "phase/"
-
-
-def kind_of(name: str) -> str | None:
-    return _KIND_OF.get(name)
 
 
 def seconds_by_phase(events) -> dict[str, dict[str, float]]:
