@@ -26,7 +26,7 @@ from grpo_trainer.bench import (
     train_flops,
 )
 from grpo_trainer.bench.measure import peak_rss_gib_then_reset, rollout_gemm_floor
-from grpo_trainer.bench.report import merged_shapes
+from grpo_trainer.bench.report import gemm_floor, merged_shapes
 from grpo_trainer.config import load_config
 from grpo_trainer.hardware import cpu_has_native_bf16
 
@@ -158,6 +158,21 @@ def test_format_table():
     assert "critic: linear 3.00 s, attention 0.50 s = 3.50 s of its median 5.00 s" in lines[3]
     assert "kernels: 34.00 s of the median step's 41.25 s (82 %)" in lines[4]
     assert not any("sync:" in line or "step:" in line for line in lines)
+    # The GEMM floor: the rollout's 6.5 s + 3.0 TFLOP at 150 GFLOP/s (20.0 s) = 26.5 s; the profiled
+    # step's other kernels: attention 2.25 + 2.5 + 0.5 (critic), sampling 1.0 = 6.25 s -> 32.75 s.
+    assert "GEMMs alone for one step" not in format_table(_result(step))  # no model_gemms measured
+    res = _result(step)
+    res["train"]["model_gemms"] = {"tokens": 1750, "flops_per_s": 1.5e11, "peak_fraction": 0.397, "work_flops": 3.0e12}
+    assert gemm_floor(res) == {"rollout_s": 6.5, "train_s": 20.0, "train_flops": 3.0e12, "rate": 1.5e11,
+                               "seconds": 26.5}
+    lines = format_table(res).splitlines()
+    at = next(i for i, line in enumerate(lines) if "GEMMs alone for one step" in line)
+    assert lines[at].endswith("rollout 6.50 s (its floor above) + train 20.00 s (3 TFLOP at the ceiling's "
+                              "150 GFLOP/s) = 26.50 s, the shortest step these GEMMs allow; "
+                              "the median step took 41.25 s")
+    assert lines[at + 1].strip() == "with the profiled step's attention and sampling kernels (6.25 s): 32.75 s"
+    del step["profile"]
+    assert "with the profiled step's" not in format_table(res)
     skipped = format_table(_result(None))
     assert [line.split() for line in skipped.splitlines() if line.startswith("GRPO step")] == [
         ["GRPO", "step", "skipped"]]
@@ -302,6 +317,10 @@ def test_quick_run_on_tiny_llama(tiny_llama: Path, tmp_path: Path):
     gemms = tr["model_gemms"]
     assert gemms["tokens"] == tr["tokens"] and gemms["flops"] == pytest.approx(6 * 6_586_368 * tr["tokens"], rel=1e-5)
     assert gemms["flops_per_s"] > 0 and gemms["peak_fraction"] > 0 and "linear GEMMs alone" in proc.stdout
+    # The work's own: the body's 294_912 (the LM head's 6_291_456 aside) at every token, the head only
+    # at the completion tokens it predicts (the JSON keeps 6 significant digits).
+    assert tr["completion_tokens"] == generated
+    assert gemms["work_flops"] == pytest.approx(6 * (294_912 * tr["tokens"] + 6_291_456 * generated), rel=1e-5)
     assert tr["tokens_per_s"] > 0 and tr["flops_per_s"] > 0 and tr["peak_fraction"] > 0
     # bf16 is measured only where the CPU multiplies it natively (else about a minute per matmul).
     assert tr["gemm_peak_flops_per_s"]["float32"] > 0

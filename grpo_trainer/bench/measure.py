@@ -192,10 +192,12 @@ def time_train(model, batch, pad_id: int, mixed: str, micro_batch_size: int) -> 
     clock = _fwd_bwd(model, mbs, mixed)
     seconds = clock.wall
     # Tokens the forward computes: each distinct prompt once, plus every completion.
-    tokens = int(sum(mb.prompt_mask.sum() + mb.completion_mask.sum() for mb in mbs))
+    completion_tokens = int(sum(mb.completion_mask.sum() for mb in mbs))
+    tokens = int(sum(mb.prompt_mask.sum() for mb in mbs)) + completion_tokens
     n_params = sum(p.numel() for p in model.parameters())
     flops = train_flops(n_params, tokens)
-    return {"seconds": seconds, "tokens": tokens, "row_tokens": int(sum(mb.attention_mask.sum() for mb in mbs)),
+    return {"seconds": seconds, "tokens": tokens, "completion_tokens": completion_tokens,
+            "row_tokens": int(sum(mb.attention_mask.sum() for mb in mbs)),
             "padded_tokens": int(sum(mb.padded_tokens for mb in mbs)),
             "micro_batches": len(mbs), "micro_batch_size": micro_batch_size, "tokens_per_s": tokens / seconds,
             "cores_used": clock.cores_used, "params": n_params, "flops": flops, "flops_per_s": flops / seconds}

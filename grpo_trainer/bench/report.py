@@ -167,11 +167,44 @@ def format_table(result: dict) -> str:
                              f"{', '.join(f'{n:,}' for n in co['page_faults_replayed_all'])} | bare fwd+bwd "
                              f"{', '.join(f'{n:,}' for n in co['page_faults_fwd_bwd_all'])}")
         lines += _profile_lines(st.get("profile"), st["phases_s_median"])
+        floor = gemm_floor(result)
+        if floor:
+            lines.append(f"  GEMMs alone for one step of this work: rollout {floor['rollout_s']:.2f} s "
+                         f"(its floor above) + train {floor['train_s']:.2f} s ({_si(floor['train_flops'], 'FLOP')} "
+                         f"at the ceiling's "
+                         f"{_si(floor['rate'], 'FLOP/s')}) = {floor['seconds']:.2f} s, the shortest step these "
+                         f"GEMMs allow; the median step took {st['step_s_median']:.2f} s")
+            other = _profiled_non_gemm_s(st.get("profile"))
+            if other:
+                lines.append(f"    with the profiled step's attention and sampling kernels ({other:.2f} s): "
+                             f"{floor['seconds'] + other:.2f} s")
         if (st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0
                 and not result["config"].get("train_all_rows")):
             lines.append("  note: every group's rewards were equal, so no row was trained: the train phase "
                          "was one zero-weighted micro-batch and the optimizer step")
     return "\n".join(lines)
+
+
+def gemm_floor(result: dict) -> dict | None:
+    """The shortest step the machine's GEMMs allow for the measured work: the rollout's GEMMs alone
+    (`rollout_gemm_floor`) plus the update's own GEMM FLOPs (`work_flops`) at the model's GEMM rate
+    alone (`model_gemm_rate`, their ceiling). Attention, sampling and everything else come on top.
+    None when either measurement is missing."""
+    rollout = result["rollout"].get("vllm") or {}
+    gemms = result["train"].get("model_gemms") or {}
+    if not rollout.get("gemm_floor") or not gemms.get("work_flops"):
+        return None
+    train_s = gemms["work_flops"] / gemms["flops_per_s"]
+    return {"rollout_s": rollout["gemm_floor"]["seconds"], "train_s": train_s, "train_flops": gemms["work_flops"],
+            "rate": gemms["flops_per_s"], "seconds": rollout["gemm_floor"]["seconds"] + train_s}
+
+
+def _profiled_non_gemm_s(profile: dict | None) -> float:
+    """The `--profile` step's kernels other than the linear GEMMs (attention, sampling), all phases."""
+    if not profile:
+        return 0.0
+    return sum(v for phase, kinds in profile["phases"].items() if phase != "step"
+               for k, v in kinds.items() if k not in ("linear", "profiled_s"))
 
 
 def _profile_lines(profile: dict | None, medians: dict) -> list[str]:
