@@ -169,12 +169,12 @@ def format_table(result: dict) -> str:
         lines += _profile_lines(st.get("profile"), st["phases_s_median"])
         floor = gemm_floor(result)
         if floor:
-            lines.append(f"  GEMMs alone for one step of this work: rollout {floor['rollout_s']:.2f} s "
-                         f"(its floor above) + train {floor['train_s']:.2f} s ({_si(floor['train_flops'], 'FLOP')} "
-                         f"at the ceiling's "
-                         f"{_si(floor['rate'], 'FLOP/s')}) = {floor['seconds']:.2f} s, the shortest step these "
-                         f"GEMMs allow; the median step took {st['step_s_median']:.2f} s")
-            other = _profiled_non_gemm_s(st.get("profile"))
+            lines.append(f"  GEMMs alone for one step of this work: rollout {floor['rollout_s']:.2f} s (its floor "
+                         f"above) + train {floor['train_s']:.2f} s ({_si(floor['train_flops'], 'FLOP')} at the "
+                         f"ceiling's {_si(floor['rate'], 'FLOP/s')}) = {floor['seconds']:.2f} s, the shortest step "
+                         f"these GEMMs allow; the median step took {st['step_s_median']:.2f} s")
+            other = sum(v for kinds in _phase_kernels(st.get("profile")).values()
+                        for k, v in kinds.items() if k != "linear")
             if other:
                 lines.append(f"    with the profiled step's attention and sampling kernels ({other:.2f} s): "
                              f"{floor['seconds'] + other:.2f} s")
@@ -199,12 +199,12 @@ def gemm_floor(result: dict) -> dict | None:
             "rate": gemms["flops_per_s"], "seconds": rollout["gemm_floor"]["seconds"] + train_s}
 
 
-def _profiled_non_gemm_s(profile: dict | None) -> float:
-    """The `--profile` step's kernels other than the linear GEMMs (attention, sampling), all phases."""
-    if not profile:
-        return 0.0
-    return sum(v for phase, kinds in profile["phases"].items() if phase != "step"
-               for k, v in kinds.items() if k not in ("linear", "profiled_s"))
+def _phase_kernels(profile: dict | None) -> dict[str, dict[str, float]]:
+    """The `--profile` step's kernel seconds by kind, per phase that ran any ("step" holds only what
+    ran outside its phases)."""
+    phases = profile["phases"] if profile else {}
+    return {phase: kernels for phase, kinds in phases.items() if phase != "step"
+            if (kernels := {k: v for k, v in kinds.items() if k != "profiled_s" and v})}
 
 
 def _profile_lines(profile: dict | None, medians: dict) -> list[str]:
@@ -216,10 +216,7 @@ def _profile_lines(profile: dict | None, medians: dict) -> list[str]:
              "in no median), against the phases' medians:"]
     total = 0.0
     order = lambda phase: PHASES.index(phase) if phase in PHASES else len(PHASES)  # noqa: E731 (critic: after)
-    for phase in sorted(profile["phases"], key=order):
-        kernels = {k: v for k, v in profile["phases"][phase].items() if k != "profiled_s" and v}
-        if phase == "step" or not kernels:  # "step" holds only what ran outside its phases
-            continue
+    for phase, kernels in sorted(_phase_kernels(profile).items(), key=lambda item: order(item[0])):
         total += sum(kernels.values())
         lines.append(f"    {phase}: " + ", ".join(f"{k} {v:.2f} s" for k, v in kernels.items())
                      + f" = {sum(kernels.values()):.2f} s of its median {_secs(medians.get(phase))}")
