@@ -26,7 +26,7 @@ from grpo_trainer.bench import (
     train_flops,
 )
 from grpo_trainer.bench.measure import peak_rss_gib_then_reset, rollout_gemm_floor
-from grpo_trainer.bench.report import gemm_floor, merged_shapes
+from grpo_trainer.bench.report import gemm_floor, merged_shapes, update_flops
 from grpo_trainer.config import load_config
 from grpo_trainer.hardware import cpu_has_native_bf16
 
@@ -46,6 +46,8 @@ def test_flop_formulas():
     shapes = linear_shapes(smollm2)
     assert sum(k * n * count for k, n, count in shapes) == 134_479_872 == 134_515_008 - 61 * 576
     assert linear_flops(shapes, 1_000) == 6 * 1_000 * 134_479_872
+    # An update: the body's 106_168_320 at 1_000 tokens, the LM head's 28_311_552 at 800 completion tokens
+    assert update_flops(shapes, 1_000, 800) == 6 * (1_000 * 106_168_320 + 800 * 28_311_552)
     assert linear_shapes(SimpleNamespace(hidden_size=768, n_layer=12)) == []  # not Llama-shaped: no line
     # vLLM's layout: qkv 576 -> 576 + 2*192 = 960, gate_up 576 -> 3072; the same weights in all
     merged = merged_shapes(shapes)

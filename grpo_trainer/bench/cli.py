@@ -43,8 +43,8 @@ from grpo_trainer import console
 from grpo_trainer.bench.kernels import profiled
 from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, peak_rss_gib_then_reset, rollout_gemm_floor,
                                         time_bare, time_colocation, time_rollout, time_sync, time_train)
-from grpo_trainer.bench.report import (PHASES, format_table, linear_flops, linear_shapes, machine_info, median,
-                                       merged_shapes, to_json)
+from grpo_trainer.bench.report import (PHASES, format_table, linear_shapes, machine_info, median, merged_shapes,
+                                       to_json, update_flops)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT_DIR = Path("runs/bench")  # relative to the current directory, like recipes' runs/...
@@ -250,11 +250,8 @@ def run_parts_1_to_3(args) -> dict:
     if shapes:
         gemms = model_gemm_rate(shapes, train["tokens"] // train["micro_batches"], peak_dtype, args.gemm_repeats,
                                 onednn=not args.torch_linear)
-        # The measured work's own GEMMs: the body at every computed token, the LM head only where
-        # a completion token is predicted (the trainer computes no logits over the prompts).
-        work = linear_flops(shapes[:-1], train["tokens"]) + linear_flops(shapes[-1:], train["completion_tokens"])
         train["model_gemms"] = {**gemms, "peak_fraction": gemms["flops_per_s"] / peaks[peak_dtype],
-                                "work_flops": work}
+                                "work_flops": update_flops(shapes, train["tokens"], train["completion_tokens"])}
     result["train"] = train
     return result
 

@@ -56,6 +56,13 @@ def linear_flops(shapes: list[tuple[int, int, int]], tokens: int) -> float:
     return sum(3 * 2.0 * tokens * k * n * count for k, n, count in shapes)
 
 
+def update_flops(shapes: list[tuple[int, int, int]], tokens: int, completion_tokens: int) -> float:
+    """`linear_flops` of an update's forward+backward: the body (every shape of `linear_shapes` but
+    its last) at all `tokens` computed, the LM head (the last) only at the `completion_tokens` it
+    predicts, since the trainer computes no logits over the prompts."""
+    return linear_flops(shapes[:-1], tokens) + linear_flops(shapes[-1:], completion_tokens)
+
+
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
