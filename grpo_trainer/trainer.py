@@ -143,9 +143,11 @@ class GRPOTrainer:
                 seed=r.seed, max_model_len=max_prompt + r.max_completion_length, kv_cache_gib=r.kv_cache_gib,
                 gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, sleep=r.sleep,
-                tokenizer=self.tokenizer)
+                tokenizer=self.tokenizer, kv_batch=(self.local_prompts, r.num_generations, r.max_completion_length))
             dtype = getattr(self.engine, "weight_dtype", None)  # vLLM's own: a CPU without bf16 falls back to fp32
-            phase.result = "ready" + (f" in {str(dtype).removeprefix('torch.')}" if dtype is not None else "")
+            kv = getattr(self.engine, "kv_cache_gib", None)
+            phase.result = ("ready" + (f" in {str(dtype).removeprefix('torch.')}" if dtype is not None else "")
+                            + (f", KV cache {kv:.2f} GiB" if kv is not None else ""))
         if self.tools is not None:  # multi-turn: the engine's turns with tool calls between them
             from grpo_trainer.rollout.multiturn import MultiTurnEngine
 

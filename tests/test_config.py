@@ -480,7 +480,7 @@ def test_multiline_value_stays_on_one_line(tmp_path):
     ("rollout.temperature=0", "a float > 0"),
     ("rollout.num_generations=0", "an integer >= 1"),
     ("rollout.max_completion_length=0", "an integer >= 1"),
-    ("rollout.kv_cache_gib=0", "a float > 0"),
+    ("rollout.kv_cache_gib=0", "'auto' or a float > 0"),
     ("rollout.gpu_memory_utilization=1.5", "a float in (0, 1]"),
     ("rollout.seed=-1", "an integer >= 0"),
     ("data.difficulty=5", "an integer in 1..4"),

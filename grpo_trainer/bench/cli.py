@@ -52,9 +52,9 @@ DEFAULT_OUTPUT_DIR = Path("runs/bench")  # relative to the current directory, li
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 # Sizes (the first four are also flags); --quick is for the test on a tiny random model.
 NORMAL = {"prompts": 4, "G": 8, "max_tokens": 128, "steps": 3, "gemm_n": 2048, "gemm_repeats": 5,
-          "gemm_seconds": 3.0, "sync_repeats": 3, "warm_tokens": 8, "kv_gib": 0.5}
+          "gemm_seconds": 3.0, "sync_repeats": 3, "warm_tokens": 8}
 QUICK = {"prompts": 2, "G": 2, "max_tokens": 8, "steps": 1, "gemm_n": 256, "gemm_repeats": 2,
-         "gemm_seconds": 0.0, "sync_repeats": 1, "warm_tokens": 4, "kv_gib": 1}
+         "gemm_seconds": 0.0, "sync_repeats": 1, "warm_tokens": 4}
 
 
 def step_overrides(args, out_dir: str) -> list[str]:
@@ -63,7 +63,7 @@ def step_overrides(args, out_dir: str) -> list[str]:
     return [f"model.name_or_path={args.model}", f"model.dtype={args.dtype}", f"data.source={args.data}",
             f"data.num_examples={max(64, args.prompts * args.steps)}",
             f"rollout.num_generations={args.G}", f"rollout.max_completion_length={args.max_tokens}",
-            "rollout.temperature=1.0", f"rollout.dtype={args.rollout_dtype}", f"rollout.kv_cache_gib={args.kv_gib}",
+            "rollout.temperature=1.0", f"rollout.dtype={args.rollout_dtype}",
             f"rollout.enforce_eager={'false' if args.compile_engine else 'true'}",
             f"model.onednn_linear={'false' if args.torch_linear else 'true'}",
             "algorithm.beta=0.0", "algorithm.num_iterations=1", "algorithm.num_mini_batches=1",
@@ -218,8 +218,8 @@ def run_parts_1_to_3(args) -> dict:
     console.line("[bench] vLLM engine", console.err())
     with Clock() as startup:
         engine = make_engine("vllm", model_path=args.model_path, dtype=args.rollout_dtype, seed=0,
-                             max_model_len=max(map(len, prompt_ids)) + args.max_tokens, kv_cache_gib=args.kv_gib,
-                             enforce_eager=not args.compile_engine)
+                             max_model_len=max(map(len, prompt_ids)) + args.max_tokens, kv_cache_gib="auto",
+                             kv_batch=(len(prompt_ids), args.G, args.max_tokens), enforce_eager=not args.compile_engine)
     try:
         rollout["vllm"], batch = time_rollout(engine, prompt_ids, sampling, args.warm_tokens)
         rollout["vllm"]["startup_s"] = startup.wall

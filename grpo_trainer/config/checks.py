@@ -173,9 +173,10 @@ _RANGES = [
      "algorithm.ref_reset_every algorithm.overlong_cache_len "
      "trainer.log_samples_every trainer.num_log_samples trainer.torch_threads trainer.eval_every trainer.eval_samples "
      "trainer.critic_warmup critic.warmup_steps"),
-    ("a float > 0", lambda v: v > 0, "rollout.temperature rollout.kv_cache_gib reward.timeout_s "
+    ("a float > 0", lambda v: v > 0, "rollout.temperature reward.timeout_s "
      "rollout.sandbox.cpu_s rollout.sandbox.wall_s "
      "trainer.learning_rate trainer.max_grad_norm model.lora.alpha critic.learning_rate critic.max_grad_norm"),
+    ("'auto' or a float > 0", lambda v: v == "auto" or v > 0, "rollout.kv_cache_gib"),
     ("a float in (0, 1]", lambda v: 0 < v <= 1, "algorithm.gamma"),
     ("a float in [0, 1]", lambda v: 0 <= v <= 1, "algorithm.lam"),
     ("null or a float > 0", lambda v: v is None or v > 0, "algorithm.value_clip"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 
 class ConfigError(ValueError):
@@ -100,9 +100,10 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = -1  # -1: off
     seed: int = 0
-    # CPU: GiB of KV cache for the colocated engine (vLLM takes 20 GiB unless told); fractions
-    # allowed. Needs ~ P*G*(prompt+completion) tokens x 46 KB/token for SmolLM2-135M in fp32.
-    kv_cache_gib: float = 1.0
+    # CPU: GiB of KV cache for the colocated engine (vLLM takes 20 GiB unless told, all of it
+    # resident); fractions allowed. auto: what one step's P*G samples need at once
+    # (rollout/kv_cache.py; 0.37 GiB for the bench's 4 x 8 GSM8K samples on SmolLM2-135M in fp32).
+    kv_cache_gib: Union[float, Literal["auto"]] = "auto"
     # GPU: fraction of device memory the colocated engine may take.
     gpu_memory_utilization: float = 0.3
     # false: vLLM compiles its model (torch.compile, from ~/.cache/vllm after the first start). On the

@@ -11,16 +11,16 @@ __all__ = ["RolloutBatch", "RolloutEngine", "SamplingConfig", "make_engine"]
 
 
 def make_engine(backend: str, *, model_path: str, policy=None, dtype: str = "float32", seed: int = 0,
-                max_model_len: int = 1024, kv_cache_gib: float = 2.0, gpu_memory_utilization: float = 0.3,
+                max_model_len: int = 1024, kv_cache_gib: float | str = 2.0, gpu_memory_utilization: float = 0.3,
                 enforce_eager: bool = True, eos_token_id: int | None = None,
                 pad_token_id: int | None = None, max_lora_rank: int | None = None,
-                sleep: bool = False, tokenizer=None) -> RolloutEngine:
+                sleep: bool = False, tokenizer=None, kv_batch: tuple[int, int, int] | None = None) -> RolloutEngine:
     if backend == "vllm":
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
                           kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization,
-                          enforce_eager=enforce_eager, max_lora_rank=max_lora_rank, sleep=sleep)
+                          enforce_eager=enforce_eager, max_lora_rank=max_lora_rank, sleep=sleep, kv_batch=kv_batch)
     if backend == "hf":
         from .hf_engine import HFEngine
 

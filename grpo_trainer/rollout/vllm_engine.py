@@ -22,23 +22,29 @@ log = logging.getLogger(__name__)
 
 
 class VLLMEngine(RolloutEngine):
-    def __init__(self, model_path: str, *, dtype: str, seed: int, max_model_len: int, kv_cache_gib: float,
+    def __init__(self, model_path: str, *, dtype: str, seed: int, max_model_len: int, kv_cache_gib: float | str,
                  gpu_memory_utilization: float, enforce_eager: bool, max_lora_rank: int | None = None,
-                 sleep: bool = False):
+                 sleep: bool = False, kv_batch: tuple[int, int, int] | None = None):
+        """`kv_cache_gib` "auto" (CPU): sized by rollout/kv_cache.py for `kv_batch`, (prompts per
+        generate call, samples per prompt, max completion tokens)."""
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.on_cpu = not torch.cuda.is_available()
+        self.kv_cache_gib: float | None = None  # what the CPU cache was given
         kwargs = {}
         if self.on_cpu:
-            # In bytes, not VLLM_CPU_KVCACHE_SPACE (whole GiB only, and it would outlive this engine):
-            # GSM8K-sized work needs well under 1 GiB, and every GiB here is resident memory.
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
             dtype = "float32" if dtype == "float16" else dtype  # fp16 kernels are GPU-only
             if dtype == "bfloat16" and not cpu_has_native_bf16():
                 log.warning("rollout.dtype=bfloat16: this CPU has no native bf16 (no AVX512-BF16 or AMX), where "
                             "vLLM samples ~5x slower than in fp32; sampling in float32 instead (set "
                             "rollout.dtype=float32 to silence this)")
                 dtype = "float32"
+            if kv_cache_gib == "auto":
+                kv_cache_gib = _auto_kv_cache_gib(model_path, getattr(torch, dtype).itemsize, max_model_len, kv_batch)
+            # In bytes, not VLLM_CPU_KVCACHE_SPACE (whole GiB only, and it would outlive this engine):
+            # GSM8K-sized work needs well under 1 GiB, and every GiB here is resident memory.
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+            self.kv_cache_gib = kv_cache_gib
             if not enforce_eager:
                 # vllm-cpu 0.32 on torch 2.13 saves its ahead-of-time compiled model but cannot load
                 # it back ("'function' object has no attribute 'finalize_loading'"), so every
@@ -147,6 +153,32 @@ class VLLMEngine(RolloutEngine):
 
     def close(self) -> None:
         del self.llm
+
+
+# rollout.kv_cache_gib=auto where the model's config does not tell its bytes per token.
+FALLBACK_KV_CACHE_GIB = 1.0
+
+
+def _auto_kv_cache_gib(model_path: str, itemsize: int, max_model_len: int,
+                       kv_batch: tuple[int, int, int] | None) -> float:
+    from transformers import AutoConfig
+
+    from .kv_cache import auto_kv_cache_gib
+
+    if kv_batch is None:
+        raise ValueError("kv_cache_gib='auto' needs kv_batch (prompts, samples per prompt, max completion tokens)")
+    prompts, samples, max_completion = kv_batch
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError):  # a model type transformers does not know; vLLM may still load it
+        config = None
+    gib = auto_kv_cache_gib(getattr(config, "text_config", config), itemsize, prompts, samples,
+                            max_model_len - max_completion, max_completion)
+    if gib is None:
+        log.warning("rollout.kv_cache_gib=auto: the model's config does not give its layers, heads and hidden "
+                    "size; using %s GiB (set rollout.kv_cache_gib to choose)", FALLBACK_KV_CACHE_GIB)
+        return FALLBACK_KV_CACHE_GIB
+    return gib
 
 
 def _refresh_cpu_embedding_gemms(model: torch.nn.Module) -> None:
