@@ -175,6 +175,13 @@ def test_format_table():
     assert lines[at + 1].strip() == "with the profiled step's attention and sampling kernels (6.25 s): 32.75 s"
     del step["profile"]
     assert "with the profiled step's" not in format_table(res)
+    # Part 6: the checkpoint's parts biggest first, the faster save, the weights' bytes in it / the model's.
+    assert "checkpoint:" not in format_table(res)
+    step["checkpoint"] = {"bytes": 1_618_000_000, "by_part": {"model": 541_600_000, "state": 1_076_400_000},
+                          "save_s_all": [1.5, 1.25], "param_bytes": 538_000_000, "weight_file_bytes": 1_076_100_000,
+                          "weight_copies": 2.0002}
+    assert ("  checkpoint: 1.62 GB (state 1.08 GB, model 542 MB), saved in 1.25 s (saves 1.50, 1.25 s); the model's "
+            "weights (538 MB) in it 2.00x") in format_table(res).splitlines()
     skipped = format_table(_result(None))
     assert [line.split() for line in skipped.splitlines() if line.startswith("GRPO step")] == [
         ["GRPO", "step", "skipped"]]
@@ -367,6 +374,12 @@ def test_quick_steps_replay_the_last_update(tiny_llama: Path, tmp_path: Path):
     assert len(res["peak_rss_gib_all"]) == 1 and res["peak_rss_gib_measuring"] > 0
     assert res["peak_rss_gib"] == max(res["peak_rss_gib_start"], *res["peak_rss_gib_all"])
     assert res["peak_rss_gib"] <= res["peak_rss_gib_process"] + 1e-3
+    # Part 6: the trainer's checkpoint holds its weights once (accelerate's own copy would make it 2).
+    ck = res["checkpoint"]
+    assert len(ck["save_s_all"]) == 2 and min(ck["save_s_all"]) > 0
+    assert {"model", "state"} <= set(ck["by_part"]) and ck["bytes"] == sum(ck["by_part"].values())
+    assert ck["param_bytes"] <= ck["weight_file_bytes"] < ck["param_bytes"] + 2**20  # plus the safetensors header
+    assert ck["weight_copies"] == pytest.approx(1.0, abs=0.01)
     # --profile: one more step under the profiler, in no median; the tiny model's GEMMs are counted.
     prof = res["profile"]
     assert prof["step"] == QUICK["steps"] + 1 and len(res["step_s_all"]) == QUICK["steps"]

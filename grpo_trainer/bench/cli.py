@@ -12,7 +12,9 @@
    part 5's runs between and after them;
 5. colocation: each step's train phase (after the first) against its rows' bare forward+backward
    run right after that step (seconds and page faults), then the last step's update replayed on
-   the same rows, whole and as bare forward+backward (see `time_colocation`).
+   the same rows, whole and as bare forward+backward (see `time_colocation`);
+6. checkpoint: two saves of that trainer after its steps, their seconds, the checkpoint's bytes
+   by part and how many times the model's weights are in it.
 
     python -m grpo_trainer.bench [--steps 3] [--skip-hf] [--skip-step] [--data FILE] [--output PATH]
 
@@ -41,8 +43,9 @@ from pathlib import Path
 
 from grpo_trainer import console
 from grpo_trainer.bench.kernels import profiled
-from grpo_trainer.bench.measure import (Clock, gemm_peaks, model_gemm_rate, peak_rss_gib_then_reset, rollout_gemm_floor,
-                                        time_bare, time_colocation, time_rollout, time_sync, time_train)
+from grpo_trainer.bench.measure import (Clock, checkpoint_figures, gemm_peaks, model_gemm_rate, peak_rss_gib_then_reset,
+                                        rollout_gemm_floor, time_bare, time_colocation, time_rollout, time_sync,
+                                        time_train)
 from grpo_trainer.bench.report import (PHASES, format_table, linear_shapes, machine_info, median, merged_shapes,
                                        to_json, update_flops)
 
@@ -132,6 +135,15 @@ def run_steps(args) -> dict:
                     trainer.train_step()
                 profile = {"step": trainer.step, "step_s": clock.wall, "phases": by_phase}
                 bench_peaks.append(peak_rss_gib_then_reset()[0])
+            console.line("[bench] two checkpoint saves", console.err())
+            saves = []
+            for k in (2, 3):  # the second as every save of a run after its first: files cached, dirs there
+                trainer.step = args.steps + k
+                with Clock() as clock:
+                    path = trainer.save()
+                saves.append(clock.wall)
+            checkpoint = {"save_s_all": saves, **checkpoint_figures(path, trainer.model)}
+            bench_peaks.append(peak_rss_gib_then_reset()[0])
         finally:
             trainer.reward_fn.close()
             trainer.engine.close()
@@ -151,7 +163,7 @@ def run_steps(args) -> dict:
             # The bench's bare forward+backward and replays: its own, not the trainer's.
             "peak_rss_gib_measuring": max(bench_peaks, default=None),
             "peak_rss_gib_process": max([start_peak] + trainer_peaks + bench_peaks),
-            "colocation": colocation, "profile": profile,
+            "colocation": colocation, "profile": profile, "checkpoint": checkpoint,
             # The output directory is a deleted temporary one: not part of the configuration.
             "config_overrides": [o for o in overrides if not o.startswith("trainer.output_dir=")]
             + [f"data.instruction={INSTRUCTION}"]}

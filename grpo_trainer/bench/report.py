@@ -185,6 +185,13 @@ def format_table(result: dict) -> str:
             if other:
                 lines.append(f"    with the profiled step's attention and sampling kernels ({other:.2f} s): "
                              f"{floor['seconds'] + other:.2f} s")
+        ck = st.get("checkpoint")
+        if ck:
+            biggest_first = sorted(ck["by_part"].items(), key=lambda kv: -kv[1])
+            parts = ", ".join(f"{name} {_si(n, 'B')}" for name, n in biggest_first)
+            lines.append(f"  checkpoint: {_si(ck['bytes'], 'B')} ({parts}), saved in {min(ck['save_s_all']):.2f} s "
+                         f"(saves {', '.join(f'{x:.2f}' for x in ck['save_s_all'])} s); the model's weights "
+                         f"({_si(ck['param_bytes'], 'B')}) in it {ck['weight_copies']:.2f}x")
         if (st.get("zero_variance_frac_all") and min(st["zero_variance_frac_all"]) == 1.0
                 and not result["config"].get("train_all_rows")):
             lines.append("  note: every group's rewards were equal, so no row was trained: the train phase "
