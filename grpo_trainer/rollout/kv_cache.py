@@ -4,9 +4,9 @@ On CPU vLLM takes the KV cache as a number of bytes and zero-fills all of it at 
 byte stays resident for the whole run beside the trainer's weights, gradients and optimizer
 state. A training step samples a known batch: G completions of each of its prompts, at most
 max_prompt + max_completion tokens each. `auto` reserves what that batch needs at once and no
-more; a larger cache only holds memory (measured, README "Speed": 0.5 GiB against the bundled
-model's 0.38 GiB need, 0.11 GiB more peak RSS, same sampling time). Anything that samples more at
-once (an evaluation in the trainer's engine) still runs, in waves.
+more; a larger cache only holds memory (measured, README "Speed": a bundled-model rollout of 4 x 8
+x 128 tokens peaked 0.11 GiB higher with 0.5 GiB than with 0.374, in the same time). Anything
+that samples more at once (an evaluation in the trainer's engine) still runs, in waves.
 
 vLLM hands the cache out in blocks of `BLOCK_TOKENS` (the engine sets that size) and keeps one
 block back for itself; with prefix caching on, the full blocks of a prompt are computed once and
