@@ -283,12 +283,12 @@ def checkpoint_figures(path: Path, model) -> dict:
     """A saved checkpoint's bytes by top-level part (model/, state/, ...), and how many times the
     model's weights are in it: its safetensors files' bytes (HF's model/ and accelerate's own copy,
     state/model.safetensors, if written) over the model's parameter bytes (a tied embedding once)."""
-    files = [f for f in Path(path).rglob("*") if f.is_file()]
+    sizes = {f: f.stat().st_size for f in Path(path).rglob("*") if f.is_file()}
     by_part: dict[str, int] = {}
-    for f in files:
+    for f, size in sizes.items():
         part = f.relative_to(path).parts[0]
-        by_part[part] = by_part.get(part, 0) + f.stat().st_size
-    weights = sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
+        by_part[part] = by_part.get(part, 0) + size
+    weights = sum(size for f, size in sizes.items() if f.suffix == ".safetensors")
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"bytes": sum(by_part.values()), "by_part": by_part, "weight_file_bytes": weights, "param_bytes": params,
             "weight_copies": weights / params}
